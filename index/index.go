@@ -1,0 +1,406 @@
+package index
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cairn-backup/cairn/repo"
+	bolt "go.etcd.io/bbolt"
+)
+
+// FlushEvery bounds how many new blobs wait in memory before an index file
+// is written, so a long backup's progress survives a crash.
+const FlushEvery = 50000
+
+type key [33]byte
+
+func keyOf(t repo.BlobType, id repo.ID) (k key) {
+	k[0] = byte(t)
+	copy(k[1:], id[:])
+	return k
+}
+
+var (
+	bucketBlobs = []byte("blobs")
+	bucketFiles = []byte("files")
+)
+
+// Index answers where a blob is stored. It is safe for concurrent use.
+type Index struct {
+	mu      sync.RWMutex
+	db      *bolt.DB                // the cache; nil when running without one
+	mem     map[key]repo.PackedBlob // all entries when db is nil
+	pending map[key]repo.PackedBlob // added since the last Flush
+	unsaved []PackEntries           // what the next Flush writes
+	files   map[repo.ID]bool        // index files merged in
+}
+
+// Options say where the cache lives.
+type Options struct {
+	CacheDir string // empty: no cache, everything in memory
+}
+
+// Load reads the repository's index files, through the bbolt cache in
+// opts.CacheDir when one is given. A cache that cannot be locked (another
+// cairn holds it) or read is bypassed, never trusted blindly.
+func Load(ctx context.Context, r *repo.Repo, opts Options) (*Index, error) {
+	idx := &Index{pending: map[key]repo.PackedBlob{}, files: map[repo.ID]bool{}}
+	if opts.CacheDir != "" {
+		db, err := openCache(filepath.Join(opts.CacheDir, r.Config().ID.String(), "index.db"))
+		if err == nil {
+			idx.db = db
+		}
+	}
+	if idx.db == nil {
+		idx.mem = map[key]repo.PackedBlob{}
+	}
+	if err := idx.sync(ctx, r); err != nil {
+		idx.Close()
+		return nil, err
+	}
+	return idx, nil
+}
+
+func openCache(path string) (*bolt.DB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true})
+	if err != nil {
+		return nil, err
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketBlobs, bucketFiles} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// Close releases the cache.
+func (idx *Index) Close() error {
+	if idx.db != nil {
+		return idx.db.Close()
+	}
+	return nil
+}
+
+// sync brings the lookup store up to date with the repository's index files.
+func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
+	var all []repo.ID
+	if err := r.ListIDs(ctx, repo.IndexFile, func(id repo.ID, _ int64) error {
+		all = append(all, id)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list index files: %w", err)
+	}
+	present := map[repo.ID]bool{}
+	for _, id := range all {
+		present[id] = true
+	}
+	merged := map[repo.ID][]repo.ID{} // merged file -> what it supersedes
+	if idx.db != nil {
+		if err := idx.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketFiles).ForEach(func(k, v []byte) error {
+				var id repo.ID
+				copy(id[:], k)
+				merged[id] = splitIDs(v)
+				return nil
+			})
+		}); err != nil {
+			return fmt.Errorf("read index cache: %w", err)
+		}
+	}
+	// Load what the cache lacks; their supersedes lists decide what counts.
+	loaded := map[repo.ID]*File{}
+	superseded := map[repo.ID]bool{}
+	for id, sup := range merged {
+		if present[id] {
+			for _, s := range sup {
+				superseded[s] = true
+			}
+		}
+	}
+	for _, id := range all {
+		if _, ok := merged[id]; ok {
+			continue
+		}
+		f, err := LoadFile(ctx, r, id)
+		if err != nil {
+			return err
+		}
+		loaded[id] = f
+		for _, s := range f.Supersedes {
+			superseded[s] = true
+		}
+	}
+	stale := false
+	for id := range merged {
+		if !present[id] || superseded[id] {
+			stale = true
+		}
+	}
+	if stale {
+		// Something the cache merged is gone: start over from the files.
+		if err := idx.resetCache(); err != nil {
+			return err
+		}
+		for _, id := range all {
+			if _, ok := loaded[id]; ok || superseded[id] {
+				continue
+			}
+			f, err := LoadFile(ctx, r, id)
+			if err != nil {
+				return err
+			}
+			loaded[id] = f
+		}
+	}
+	for id, f := range loaded {
+		if superseded[id] {
+			continue
+		}
+		if err := idx.merge(id, f); err != nil {
+			return err
+		}
+	}
+	for id := range merged {
+		if present[id] && !superseded[id] && !stale {
+			idx.files[id] = true
+		}
+	}
+	return nil
+}
+
+func (idx *Index) resetCache() error {
+	if idx.db == nil {
+		return nil
+	}
+	return idx.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketBlobs, bucketFiles} {
+			if err := tx.DeleteBucket(b); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+				return err
+			}
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// LoadFile loads and decodes index/<id>.
+func LoadFile(ctx context.Context, r *repo.Repo, id repo.ID) (*File, error) {
+	b, err := r.LoadFile(ctx, repo.IndexFile, id)
+	if err != nil {
+		return nil, err
+	}
+	f, err := DecodeFile(b)
+	if err != nil {
+		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
+	}
+	return f, nil
+}
+
+// merge adds a loaded index file's entries to the store.
+func (idx *Index) merge(id repo.ID, f *File) error {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	idx.files[id] = true
+	if idx.db == nil {
+		for _, p := range f.Packs {
+			for _, e := range p.Blobs {
+				idx.mem[keyOf(e.Type, e.ID)] = e
+			}
+		}
+		return nil
+	}
+	err := idx.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlobs)
+		for _, p := range f.Packs {
+			for _, e := range p.Blobs {
+				// bbolt keeps key and value slices until commit: fresh ones each time.
+				k := keyOf(e.Type, e.ID)
+				if err := b.Put(k[:], encodeLoc(make([]byte, 0, 48), e)); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Bucket(bucketFiles).Put(id[:], joinIDs(f.Supersedes))
+	})
+	if err != nil {
+		return fmt.Errorf("update index cache: %w", err)
+	}
+	return nil
+}
+
+func encodeLoc(b []byte, e repo.PackedBlob) []byte {
+	b = append(b, e.Pack[:]...)
+	b = binary.AppendUvarint(b, uint64(e.Offset))
+	b = binary.AppendUvarint(b, uint64(e.Length))
+	return binary.AppendUvarint(b, uint64(e.RawLength))
+}
+
+func decodeLoc(k key, v []byte) (repo.PackedBlob, bool) {
+	d := decoder{b: v}
+	e := repo.PackedBlob{Type: repo.BlobType(k[0])}
+	copy(e.ID[:], k[1:])
+	e.Pack = d.id()
+	e.Offset, e.Length, e.RawLength = d.u32(), d.u32(), d.u32()
+	return e, d.err == nil
+}
+
+func joinIDs(ids []repo.ID) []byte {
+	b := make([]byte, 0, 32*len(ids))
+	for _, id := range ids {
+		b = append(b, id[:]...)
+	}
+	return b
+}
+
+func splitIDs(b []byte) []repo.ID {
+	var ids []repo.ID
+	for len(b) >= 32 {
+		var id repo.ID
+		copy(id[:], b)
+		ids = append(ids, id)
+		b = b[32:]
+	}
+	return ids
+}
+
+// Lookup returns where blob id of type t is stored.
+func (idx *Index) Lookup(t repo.BlobType, id repo.ID) (repo.PackedBlob, bool) {
+	k := keyOf(t, id)
+	idx.mu.RLock()
+	e, ok := idx.pending[k]
+	if !ok && idx.mem != nil {
+		e, ok = idx.mem[k]
+	}
+	idx.mu.RUnlock()
+	if ok || idx.db == nil {
+		return e, ok
+	}
+	_ = idx.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketBlobs).Get(k[:]); v != nil {
+			e, ok = decodeLoc(k, v)
+		}
+		return nil
+	})
+	return e, ok
+}
+
+// Has reports whether blob id of type t is stored.
+func (idx *Index) Has(t repo.BlobType, id repo.ID) bool {
+	_, ok := idx.Lookup(t, id)
+	return ok
+}
+
+// Add records a pack that was just stored. Its blobs are visible to Lookup
+// at once and written to an index file by the next Flush.
+func (idx *Index) Add(pack repo.ID, blobs []repo.PackedBlob) {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	for i := range blobs {
+		blobs[i].Pack = pack
+		idx.pending[keyOf(blobs[i].Type, blobs[i].ID)] = blobs[i]
+	}
+	idx.unsaved = append(idx.unsaved, PackEntries{Pack: pack, Blobs: blobs})
+}
+
+// Unsaved returns how many added blobs no index file names yet.
+func (idx *Index) Unsaved() int {
+	idx.mu.RLock()
+	defer idx.mu.RUnlock()
+	n := 0
+	for _, p := range idx.unsaved {
+		n += len(p.Blobs)
+	}
+	return n
+}
+
+// Flush writes an index file naming every pack added since the last Flush.
+func (idx *Index) Flush(ctx context.Context, r *repo.Repo) error {
+	idx.mu.Lock()
+	packs := idx.unsaved
+	idx.unsaved = nil
+	idx.mu.Unlock()
+	if len(packs) == 0 {
+		return nil
+	}
+	f := &File{Packs: packs}
+	id, err := r.SaveFile(ctx, repo.IndexFile, f.Encode())
+	if err != nil {
+		idx.mu.Lock()
+		idx.unsaved = append(packs, idx.unsaved...)
+		idx.mu.Unlock()
+		return fmt.Errorf("save index: %w", err)
+	}
+	if err := idx.merge(id, f); err != nil {
+		return err
+	}
+	idx.mu.Lock()
+	for _, p := range packs {
+		for _, e := range p.Blobs {
+			delete(idx.pending, keyOf(e.Type, e.ID))
+		}
+	}
+	idx.mu.Unlock()
+	return nil
+}
+
+// Each calls fn for every known blob (pending ones included), in no order.
+func (idx *Index) Each(fn func(repo.PackedBlob) error) error {
+	idx.mu.RLock()
+	var list []repo.PackedBlob
+	for _, e := range idx.pending {
+		list = append(list, e)
+	}
+	for _, e := range idx.mem {
+		list = append(list, e)
+	}
+	idx.mu.RUnlock()
+	for _, e := range list {
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	if idx.db == nil {
+		return nil
+	}
+	return idx.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var kk key
+			copy(kk[:], k)
+			e, ok := decodeLoc(kk, v)
+			if !ok {
+				return fmt.Errorf("index cache: bad entry")
+			}
+			return fn(e)
+		})
+	})
+}
+
+// Files returns the index files merged in.
+func (idx *Index) Files() []repo.ID {
+	idx.mu.RLock()
+	defer idx.mu.RUnlock()
+	ids := make([]repo.ID, 0, len(idx.files))
+	for id := range idx.files {
+		ids = append(ids, id)
+	}
+	return ids
+}

@@ -1,0 +1,179 @@
+// Package pack writes and reads packs (docs/format.md) and stores blobs in
+// them: Store deduplicates through the index, compresses, encrypts, fills
+// packs per blob type and uploads them concurrently.
+package pack
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cairn-backup/cairn/crypto"
+	"github.com/cairn-backup/cairn/repo"
+)
+
+const (
+	headerVersion = 1
+	recordSize    = 1 + 32 + 4 + 4 + 4
+	// MaxHeaderSize bounds a header read from a damaged or hostile pack.
+	MaxHeaderSize = 16 << 20
+)
+
+var headerAD = []byte("cairn pack header")
+
+// Writer assembles one pack in memory.
+type Writer struct {
+	Type  repo.BlobType
+	buf   []byte
+	blobs []repo.PackedBlob
+}
+
+// NewWriter starts a pack for blobs of type t, reusing buf's memory.
+func NewWriter(t repo.BlobType, buf []byte) *Writer {
+	return &Writer{Type: t, buf: buf[:0]}
+}
+
+// Add appends a sealed blob.
+func (w *Writer) Add(id repo.ID, sealed []byte, rawLength int) {
+	w.blobs = append(w.blobs, repo.PackedBlob{
+		Type: w.Type, ID: id, Offset: uint32(len(w.buf)),
+		Length: uint32(len(sealed)), RawLength: uint32(rawLength),
+	})
+	w.buf = append(w.buf, sealed...)
+}
+
+// Size is the number of blob bytes so far.
+func (w *Writer) Size() int { return len(w.buf) }
+
+// Count is the number of blobs so far.
+func (w *Writer) Count() int { return len(w.blobs) }
+
+// Finish appends the sealed header and its length and returns the whole pack
+// and its blobs. It decodes the header it sealed before handing it out.
+func (w *Writer) Finish(key *crypto.Key) ([]byte, []repo.PackedBlob, error) {
+	plain := make([]byte, 0, 2+recordSize*len(w.blobs))
+	plain = append(plain, 0, headerVersion) // encoding byte: raw; IDs do not compress
+	for _, b := range w.blobs {
+		plain = append(plain, byte(b.Type))
+		plain = append(plain, b.ID[:]...)
+		plain = binary.LittleEndian.AppendUint32(plain, b.Length)
+		plain = binary.LittleEndian.AppendUint32(plain, b.RawLength)
+		plain = append(plain, 0, 0, 0, 0)
+	}
+	hdrOff := len(w.buf)
+	w.buf = key.Seal(w.buf, plain, headerAD)
+	w.buf = binary.LittleEndian.AppendUint32(w.buf, uint32(len(w.buf)-hdrOff))
+	got, err := ParseTrailer(key, w.buf, int64(len(w.buf)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("verify pack header: %w", err)
+	}
+	if len(got) != len(w.blobs) {
+		return nil, nil, errors.New("verify pack header: blob count differs")
+	}
+	return w.buf, w.blobs, nil
+}
+
+// TrailerSize returns how many bytes at the end of a pack of packSize bytes
+// hold the header, given its last 4 bytes.
+func TrailerSize(last4 []byte, packSize int64) (int64, error) {
+	n := int64(binary.LittleEndian.Uint32(last4))
+	if n < crypto.Overhead+2 || n > MaxHeaderSize || n+4 > packSize {
+		return 0, fmt.Errorf("pack header length %d is invalid for a pack of %d bytes", n, packSize)
+	}
+	return n + 4, nil
+}
+
+// ParseTrailer decodes the header from tail, the last bytes of a pack of
+// packSize bytes (tail must hold at least the whole header and its length).
+func ParseTrailer(key *crypto.Key, tail []byte, packSize int64) ([]repo.PackedBlob, error) {
+	if len(tail) < 4 {
+		return nil, errors.New("pack is too short for a header")
+	}
+	n, err := TrailerSize(tail[len(tail)-4:], packSize)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(tail)) < n {
+		return nil, errors.New("pack trailer is incomplete")
+	}
+	sealed := tail[int64(len(tail))-n : len(tail)-4]
+	enc, err := key.Open(nil, sealed, headerAD)
+	if err != nil {
+		return nil, fmt.Errorf("decrypt pack header: %w", err)
+	}
+	plain, err := repo.Decode(nil, enc, MaxHeaderSize*2)
+	if err != nil {
+		return nil, fmt.Errorf("pack header: %w", err)
+	}
+	return DecodeHeader(plain, packSize-n)
+}
+
+// DecodeHeader parses a header's plaintext (after its encoding byte); the
+// stored lengths must add up to headerOffset exactly.
+func DecodeHeader(plain []byte, headerOffset int64) ([]repo.PackedBlob, error) {
+	if len(plain) < 1 || plain[0] != headerVersion {
+		return nil, errors.New("pack header: unknown version")
+	}
+	plain = plain[1:]
+	if len(plain)%recordSize != 0 {
+		return nil, fmt.Errorf("pack header: %d bytes is not a whole number of records", len(plain))
+	}
+	blobs := make([]repo.PackedBlob, 0, len(plain)/recordSize)
+	var off int64
+	for len(plain) > 0 {
+		b := repo.PackedBlob{Type: repo.BlobType(plain[0])}
+		if b.Type > repo.TreeBlob {
+			return nil, fmt.Errorf("pack header: unknown blob type %d", plain[0])
+		}
+		copy(b.ID[:], plain[1:33])
+		b.Length = binary.LittleEndian.Uint32(plain[33:])
+		b.RawLength = binary.LittleEndian.Uint32(plain[37:])
+		if b.Length < crypto.Overhead+1 {
+			return nil, fmt.Errorf("pack header: blob %s has impossible length %d", b.ID.Short(), b.Length)
+		}
+		b.Offset = uint32(off)
+		off += int64(b.Length)
+		if off > headerOffset {
+			return nil, errors.New("pack header: blobs overrun the header")
+		}
+		blobs = append(blobs, b)
+		plain = plain[recordSize:]
+	}
+	if off != headerOffset {
+		return nil, fmt.Errorf("pack header: blobs end at %d, header starts at %d", off, headerOffset)
+	}
+	return blobs, nil
+}
+
+// ReadHeader loads and decodes the header of a stored pack.
+func ReadHeader(ctx context.Context, be repo.Backend, key *crypto.Key, id repo.ID) ([]repo.PackedBlob, error) {
+	h := repo.Handle{Type: repo.PackFile, Name: id.String()}
+	fi, err := be.Stat(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	// One read usually gets the whole header: most packs hold few blobs.
+	guess := min(fi.Size, 64<<10)
+	tail, err := repo.ReadAt(ctx, be, h, fi.Size-guess, int(guess), nil)
+	if err != nil {
+		return nil, fmt.Errorf("read pack %s header: %w", id.Short(), err)
+	}
+	n, err := TrailerSize(tail[len(tail)-4:], fi.Size)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	if n > guess {
+		if tail, err = repo.ReadAt(ctx, be, h, fi.Size-n, int(n), nil); err != nil {
+			return nil, fmt.Errorf("read pack %s header: %w", id.Short(), err)
+		}
+	}
+	blobs, err := ParseTrailer(key, tail, fi.Size)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	for i := range blobs {
+		blobs[i].Pack = id
+	}
+	return blobs, nil
+}

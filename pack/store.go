@@ -1,0 +1,277 @@
+package pack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cairn-backup/cairn/crypto"
+	"github.com/cairn-backup/cairn/index"
+	"github.com/cairn-backup/cairn/repo"
+	"golang.org/x/sync/errgroup"
+)
+
+// Store saves and loads blobs. SaveBlob may be called from many goroutines;
+// the calling goroutine does the hashing, compression and encryption, so the
+// work spreads over as many cores as there are callers.
+type Store struct {
+	r     *repo.Repo
+	idx   *index.Index
+	key   *crypto.Key
+	comp  repo.Compression
+	psize int
+
+	mu       sync.Mutex
+	inflight map[[33]byte]struct{} // saved by a caller, pack not yet stored
+	packers  [2]*Writer
+	uploads  chan *Writer // nil outside WithUploader
+	stats    Stats
+	dryRun   bool
+
+	bufs sync.Pool // pack buffers
+}
+
+// Stats counts what SaveBlob stored.
+type Stats struct {
+	Blobs      [2]int   // new blobs per type
+	RawBytes   [2]int64 // their plaintext bytes
+	PackedSize [2]int64 // their stored bytes
+	Packs      int
+}
+
+// Options tune a Store; zero values take defaults.
+type Options struct {
+	Uploaders int // packs stored at once (default 2)
+}
+
+// NewStore returns a Store over r with index idx.
+func NewStore(r *repo.Repo, idx *index.Index) *Store {
+	cfg := r.Config()
+	s := &Store{r: r, idx: idx, key: r.Key(), comp: cfg.Compression, psize: cfg.PackSize,
+		inflight: map[[33]byte]struct{}{}}
+	s.bufs.New = func() any { return make([]byte, 0, s.psize+s.psize/8) }
+	return s
+}
+
+// Index returns the store's index.
+func (s *Store) Index() *index.Index { return s.idx }
+
+// Repo returns the store's repository.
+func (s *Store) Repo() *repo.Repo { return s.r }
+
+// Stats returns what has been stored so far.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// SetDryRun makes SaveBlob count new blobs without storing them.
+func (s *Store) SetDryRun(on bool) {
+	s.mu.Lock()
+	s.dryRun = on
+	s.mu.Unlock()
+}
+
+// WithUploader runs fn while packs can be stored, then stores the partial
+// packs and writes the index, so every blob saved inside fn is durable and
+// findable when it returns nil. Packs stored before an error are indexed too:
+// a later backup reuses them.
+func (s *Store) WithUploader(ctx context.Context, opts Options, fn func(context.Context) error) error {
+	if opts.Uploaders <= 0 {
+		opts.Uploaders = 2
+	}
+	wg, wctx := errgroup.WithContext(ctx)
+	uploads := make(chan *Writer)
+	s.mu.Lock()
+	s.uploads = uploads
+	s.mu.Unlock()
+	for range opts.Uploaders {
+		wg.Go(func() error {
+			for w := range uploads {
+				if err := s.store(wctx, w); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	fnErr := func() error {
+		if err := fn(wctx); err != nil {
+			return err
+		}
+		// Hand the partial packs to the uploaders.
+		for t := range s.packers {
+			s.mu.Lock()
+			w := s.packers[t]
+			s.packers[t] = nil
+			s.mu.Unlock()
+			if w != nil && w.Count() > 0 {
+				if err := s.send(wctx, w); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}()
+	s.mu.Lock()
+	s.uploads = nil
+	s.mu.Unlock()
+	close(uploads)
+	upErr := wg.Wait()
+	// The index gets what was stored, even after a failure (a background
+	// context: an interrupt must not lose the record of stored packs).
+	idxErr := s.idx.Flush(context.WithoutCancel(ctx), s.r)
+	return errors.Join(fnErr, upErr, idxErr)
+}
+
+func (s *Store) send(ctx context.Context, w *Writer) error {
+	s.mu.Lock()
+	ch := s.uploads
+	s.mu.Unlock()
+	if ch == nil {
+		return errors.New("pack store: SaveBlob outside WithUploader")
+	}
+	select {
+	case ch <- w:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Store) store(ctx context.Context, w *Writer) error {
+	data, blobs, err := w.Finish(s.key)
+	if err != nil {
+		return err
+	}
+	id := repo.ID(crypto.Hash(data))
+	h := repo.Handle{Type: repo.PackFile, Name: id.String()}
+	if err := s.r.Backend().Save(ctx, h, bytes.NewReader(data), int64(len(data))); err != nil {
+		return fmt.Errorf("store pack %s: %w", id.Short(), err)
+	}
+	s.idx.Add(id, blobs)
+	s.mu.Lock()
+	for _, b := range blobs {
+		delete(s.inflight, inflightKey(b.Type, b.ID))
+	}
+	s.stats.Packs++
+	s.mu.Unlock()
+	s.bufs.Put(data[:0])
+	if s.idx.Unsaved() >= index.FlushEvery {
+		return s.idx.Flush(ctx, s.r)
+	}
+	return nil
+}
+
+func inflightKey(t repo.BlobType, id repo.ID) (k [33]byte) {
+	k[0] = byte(t)
+	copy(k[1:], id[:])
+	return k
+}
+
+var scratch = sync.Pool{New: func() any { return new([]byte) }}
+
+// SaveBlob stores data as a blob of type t unless the repository has it.
+// known reports that it was there already.
+func (s *Store) SaveBlob(ctx context.Context, t repo.BlobType, data []byte) (id repo.ID, known bool, err error) {
+	id = repo.ID(s.key.BlobID(data))
+	if s.idx.Has(t, id) {
+		return id, true, nil
+	}
+	k := inflightKey(t, id)
+	s.mu.Lock()
+	if _, ok := s.inflight[k]; ok {
+		s.mu.Unlock()
+		return id, true, nil
+	}
+	if s.dryRun {
+		// Counted once (the inflight mark stays), never stored.
+		s.inflight[k] = struct{}{}
+		s.stats.Blobs[t]++
+		s.stats.RawBytes[t] += int64(len(data))
+		s.mu.Unlock()
+		return id, false, nil
+	}
+	s.inflight[k] = struct{}{}
+	s.mu.Unlock()
+	// A pack stored between Has and the inflight mark: Has again.
+	if s.idx.Has(t, id) {
+		s.mu.Lock()
+		delete(s.inflight, k)
+		s.mu.Unlock()
+		return id, true, nil
+	}
+
+	encp := scratch.Get().(*[]byte)
+	sealp := scratch.Get().(*[]byte)
+	defer scratch.Put(encp)
+	defer scratch.Put(sealp)
+	comp := s.comp
+	if t == repo.TreeBlob {
+		comp = repo.CompressAuto
+	}
+	*encp = repo.Encode((*encp)[:0], data, comp)
+	*sealp = s.key.Seal((*sealp)[:0], *encp, repo.BlobAD(t, id))
+
+	s.mu.Lock()
+	w := s.packers[t]
+	if w == nil {
+		w = NewWriter(t, s.bufs.Get().([]byte))
+		s.packers[t] = w
+	}
+	w.Add(id, *sealp, len(data))
+	s.stats.Blobs[t]++
+	s.stats.RawBytes[t] += int64(len(data))
+	s.stats.PackedSize[t] += int64(len(*sealp))
+	full := w.Size() >= s.psize
+	if full {
+		s.packers[t] = nil
+	}
+	s.mu.Unlock()
+	if full {
+		if err := s.send(ctx, w); err != nil {
+			return id, false, err
+		}
+	}
+	return id, false, nil
+}
+
+// ErrBlobNotFound means the index has no such blob.
+var ErrBlobNotFound = errors.New("blob not in index")
+
+// LoadBlob reads, authenticates, decompresses and verifies blob id, appending
+// its plaintext to buf[:0].
+func (s *Store) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID, buf []byte) ([]byte, error) {
+	e, ok := s.idx.Lookup(t, id)
+	if !ok {
+		return nil, fmt.Errorf("%s blob %s: %w", t, id.Short(), ErrBlobNotFound)
+	}
+	encp := scratch.Get().(*[]byte)
+	defer scratch.Put(encp)
+	sealed, err := repo.ReadAt(ctx, s.r.Backend(), repo.Handle{Type: repo.PackFile, Name: e.Pack.String()},
+		int64(e.Offset), int(e.Length), *encp)
+	if err != nil {
+		return nil, fmt.Errorf("read %s blob %s from pack %s: %w", t, id.Short(), e.Pack.Short(), err)
+	}
+	*encp = sealed
+	return OpenBlob(s.key, e, sealed, buf)
+}
+
+// OpenBlob decrypts and checks one sealed blob described by e.
+func OpenBlob(key *crypto.Key, e repo.PackedBlob, sealed, buf []byte) ([]byte, error) {
+	enc, err := key.Open(nil, sealed, repo.BlobAD(e.Type, e.ID))
+	if err != nil {
+		return nil, fmt.Errorf("%s blob %s in pack %s: %w", e.Type, e.ID.Short(), e.Pack.Short(), err)
+	}
+	plain, err := repo.Decode(buf[:0], enc, int(e.RawLength))
+	if err != nil {
+		return nil, fmt.Errorf("%s blob %s in pack %s: %w", e.Type, e.ID.Short(), e.Pack.Short(), err)
+	}
+	if len(plain) != int(e.RawLength) || repo.ID(key.BlobID(plain)) != e.ID {
+		return nil, fmt.Errorf("%s blob %s in pack %s: content does not match its id", e.Type, e.ID.Short(), e.Pack.Short())
+	}
+	return plain, nil
+}

@@ -1,0 +1,98 @@
+package repo
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Compression selects how blobs are stored (docs/format.md).
+type Compression string
+
+const (
+	CompressAuto Compression = "auto"
+	CompressOff  Compression = "off"
+	CompressMax  Compression = "max"
+)
+
+// ParseCompression checks a --compression value.
+func ParseCompression(s string) (Compression, error) {
+	switch c := Compression(s); c {
+	case CompressAuto, CompressOff, CompressMax:
+		return c, nil
+	}
+	return "", fmt.Errorf("invalid compression %q: want auto, off or max", s)
+}
+
+// Encoding bytes: the first byte of every sealed plaintext.
+const (
+	encRaw  = 0
+	encZstd = 1
+)
+
+var (
+	encFast, encBest *zstd.Encoder
+	decoder          *zstd.Decoder
+	zstdOnce         sync.Once
+)
+
+func zstdInit() {
+	zstdOnce.Do(func() {
+		// EncodeAll/DecodeAll are safe for concurrent use; one concurrency
+		// slot keeps each encoder's memory small.
+		encFast, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		encBest, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(256<<20))
+	})
+}
+
+// Encode appends the encoding byte and data (compressed when mode says so and
+// it pays) to dst.
+func Encode(dst, data []byte, mode Compression) []byte {
+	if mode == CompressOff || len(data) < 64 {
+		dst = append(dst, encRaw)
+		return append(dst, data...)
+	}
+	zstdInit()
+	enc := encFast
+	if mode == CompressMax {
+		enc = encBest
+	}
+	off := len(dst)
+	dst = append(dst, encZstd)
+	dst = enc.EncodeAll(data, dst)
+	// auto: keep it compressed only if that saves at least 1/32.
+	if mode == CompressAuto && len(dst)-off-1 > len(data)-len(data)/32 {
+		dst = append(dst[:off], encRaw)
+		dst = append(dst, data...)
+	}
+	return dst
+}
+
+// Decode undoes Encode, appending the plaintext to dst. maxSize bounds the
+// decompressed length (0: 1 GiB) so damaged input cannot exhaust memory.
+func Decode(dst, enc []byte, maxSize int) ([]byte, error) {
+	if len(enc) == 0 {
+		return nil, errors.New("empty encoded object")
+	}
+	switch enc[0] {
+	case encRaw:
+		return append(dst, enc[1:]...), nil
+	case encZstd:
+		zstdInit()
+		if maxSize == 0 {
+			maxSize = 1 << 30
+		}
+		out, err := decoder.DecodeAll(enc[1:], dst)
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		if len(out)-len(dst) > maxSize {
+			return nil, fmt.Errorf("decoded object exceeds %d bytes", maxSize)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unknown encoding byte %d", enc[0])
+}

@@ -1,0 +1,181 @@
+// Package local is a repository backend on a local directory.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cairn-backup/cairn/repo"
+)
+
+// Backend stores files under a directory with the layout of docs/format.md.
+type Backend struct {
+	dir string
+}
+
+var _ repo.Backend = (*Backend)(nil)
+
+var dirs = []repo.FileType{repo.KeyFile, repo.PackFile, repo.IndexFile, repo.SnapshotFile, repo.LockFile}
+
+// Open returns a backend on dir, which need not exist yet.
+func Open(dir string) (*Backend, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("repository path %s: %w", dir, err)
+	}
+	return &Backend{dir: abs}, nil
+}
+
+// Create makes the directory layout (for init).
+func (b *Backend) Create() error {
+	for _, t := range dirs {
+		if err := os.MkdirAll(filepath.Join(b.dir, string(t)), 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Backend) Location() string { return b.dir }
+func (b *Backend) Close() error     { return nil }
+
+func (b *Backend) path(h repo.Handle) string {
+	if h.Type == repo.ConfigFile {
+		return filepath.Join(b.dir, "config")
+	}
+	if h.Type == repo.PackFile && len(h.Name) >= 2 {
+		return filepath.Join(b.dir, string(h.Type), h.Name[:2], h.Name)
+	}
+	return filepath.Join(b.dir, string(h.Type), h.Name)
+}
+
+// Save writes to a temporary file, fsyncs it, renames it into place and
+// fsyncs the directory, so a crash leaves the file whole or absent.
+func (b *Backend) Save(ctx context.Context, h repo.Handle, r io.ReaderAt, size int64) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final := b.path(h)
+	dir := filepath.Dir(final)
+	f, err := os.CreateTemp(dir, ".tmp-")
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(dir, 0o700); err == nil {
+			f, err = os.CreateTemp(dir, ".tmp-")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if _, err = io.Copy(f, io.NewSectionReader(r, 0, size)); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("save %s: fsync: %w", h, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	// Stored files are immutable: read-only guards against accidents.
+	_ = os.Chmod(f.Name(), 0o400)
+	if err = os.Rename(f.Name(), final); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+func (b *Backend) Load(ctx context.Context, h repo.Handle, offset, length int64, fn func(io.Reader) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f, err := os.Open(b.path(h))
+	if err != nil {
+		return wrap(h, err)
+	}
+	defer f.Close()
+	var r io.Reader = f
+	if length > 0 {
+		r = io.NewSectionReader(f, offset, length)
+	} else if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			return fmt.Errorf("load %s: %w", h, err)
+		}
+	}
+	return fn(r)
+}
+
+func (b *Backend) Stat(ctx context.Context, h repo.Handle) (repo.FileInfo, error) {
+	fi, err := os.Stat(b.path(h))
+	if err != nil {
+		return repo.FileInfo{}, wrap(h, err)
+	}
+	return repo.FileInfo{Name: h.Name, Size: fi.Size()}, nil
+}
+
+func (b *Backend) List(ctx context.Context, t repo.FileType, fn func(repo.FileInfo) error) error {
+	root := filepath.Join(b.dir, string(t))
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == root && errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || strings.HasPrefix(d.Name(), ".tmp-") {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while listing
+			}
+			return err
+		}
+		return fn(repo.FileInfo{Name: d.Name(), Size: fi.Size()})
+	})
+	if err != nil {
+		return fmt.Errorf("list %s: %w", t, err)
+	}
+	return nil
+}
+
+func (b *Backend) Remove(ctx context.Context, h repo.Handle) error {
+	err := os.Remove(b.path(h))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", h, err)
+	}
+	return nil
+}
+
+func wrap(h repo.Handle, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %w", h, repo.ErrNotFound)
+	}
+	return fmt.Errorf("%s: %w", h, err)
+}

@@ -1,0 +1,188 @@
+package snapshot_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/cairn-backup/cairn/crypto"
+	"github.com/cairn-backup/cairn/index"
+	"github.com/cairn-backup/cairn/pack"
+	"github.com/cairn-backup/cairn/repo"
+	"github.com/cairn-backup/cairn/repo/local"
+	"github.com/cairn-backup/cairn/snapshot"
+)
+
+func newStore(t testing.TB) *pack.Store {
+	t.Helper()
+	be, err := local.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Create(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r, err := repo.Init(ctx, be, []byte("pw"), repo.InitOptions{KDF: crypto.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := index.Load(ctx, r, index.Options{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idx.Close() })
+	return pack.NewStore(r, idx)
+}
+
+// writeTree makes n files of assorted sizes (some above the minimum chunk
+// size, so they are split and spread over the workers) and returns their contents.
+func writeTree(t *testing.T, dir string, n int) map[string][]byte {
+	t.Helper()
+	rnd := rand.New(rand.NewSource(1))
+	files := map[string][]byte{}
+	for i := range n {
+		size := rnd.Intn(4096)
+		if i%10 == 0 {
+			size = 600<<10 + rnd.Intn(3<<20)
+		}
+		data := make([]byte, size)
+		rnd.Read(data)
+		rel := filepath.Join("d"+strconv.Itoa(i%5), "sub", "f"+strconv.Itoa(i))
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files[rel] = data
+	}
+	return files
+}
+
+func TestBackupRestoreRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	src := t.TempDir()
+	dst := t.TempDir() // before the backup: a new sibling would change the parent's mtime
+	files := writeTree(t, src, 60)
+
+	sn, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{src}, Hostname: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sn.Summary.FilesNew != len(files) || sn.Summary.FilesUnmodified != 0 {
+		t.Fatalf("first backup: %+v", sn.Summary)
+	}
+	if _, err := snapshot.Load(ctx, store.Repo(), sn.ID); err != nil {
+		t.Fatalf("snapshot not stored: %v", err)
+	}
+
+	st, err := snapshot.Restore(ctx, store, sn, snapshot.RestoreOptions{Target: dst, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Files != len(files) || st.Verified != len(files) {
+		t.Fatalf("restore stats %+v, want %d files verified", st, len(files))
+	}
+	for rel, want := range files {
+		got, err := os.ReadFile(filepath.Join(dst, src, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: restored content differs", rel)
+		}
+	}
+
+	// Unchanged: nothing is read or added.
+	sn2, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{src}, Parent: sn, Hostname: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := sn2.Summary; s.FilesUnmodified != len(files) || s.FilesNew+s.FilesChanged != 0 || s.DataAdded != 0 {
+		t.Fatalf("unchanged re-backup: %+v", s)
+	}
+	if sn2.Tree != sn.Tree {
+		t.Fatalf("unchanged tree got a new id")
+	}
+
+	// Force re-reads everything but dedup stores nothing new.
+	sn3, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{src}, Parent: sn, Force: true, Hostname: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := sn3.Summary; s.FilesChanged != len(files) || s.DataBlobs != 0 || s.DataAdded != 0 {
+		t.Fatalf("forced re-backup: %+v", s)
+	}
+}
+
+func TestBackupDryRunStoresNothing(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	src := t.TempDir()
+	writeTree(t, src, 20)
+	sn, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{src}, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sn.Summary.FilesNew != 20 || sn.Summary.DataBlobs == 0 {
+		t.Fatalf("dry run summary: %+v", sn.Summary)
+	}
+	list, err := snapshot.List(ctx, store.Repo())
+	if err != nil || len(list) != 0 {
+		t.Fatalf("dry run saved snapshots: %v %v", list, err)
+	}
+	n := 0
+	_ = store.Repo().ListIDs(ctx, repo.PackFile, func(repo.ID, int64) error { n++; return nil })
+	if n != 0 {
+		t.Fatalf("dry run stored %d packs", n)
+	}
+}
+
+func TestBackupMissingPaths(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	src := t.TempDir()
+	writeTree(t, src, 3)
+	missing := filepath.Join(src, "nope")
+
+	_, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{missing}})
+	if !errors.Is(err, snapshot.ErrNoPaths) {
+		t.Fatalf("only missing paths: err = %v, want ErrNoPaths", err)
+	}
+	sn, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{src, missing}})
+	if !errors.Is(err, snapshot.ErrPartial) || sn == nil {
+		t.Fatalf("one missing path: err = %v, want ErrPartial with a snapshot", err)
+	}
+	if len(sn.Paths) != 1 || sn.Paths[0] != src {
+		t.Fatalf("paths = %v, want only %s", sn.Paths, src)
+	}
+}
+
+func TestBackupStdin(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	data := bytes.Repeat([]byte("row 1, some text\n"), 200000)
+	sn, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Stdin: bytes.NewReader(data), StdinName: "dump.sql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := snapshot.FindNode(ctx, store, sn, "/dump.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := snapshot.WriteContent(ctx, store, n, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), data) {
+		t.Fatal("stdin content differs")
+	}
+}

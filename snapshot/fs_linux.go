@@ -1,0 +1,224 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Everything here works relative to open directory descriptors, so paths of
+// any depth (beyond PATH_MAX) can be backed up and restored, and a restore
+// never follows a symlink it did not mean to.
+
+// procPath names an entry of an open directory by a short path, for the
+// calls that have no *at form (xattrs on symlinks).
+func procPath(dirfd int, name string) string {
+	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+// noatime is cleared once the kernel refuses O_NOATIME (not the file's owner).
+var noatime = struct {
+	sync.Mutex
+	off bool
+}{}
+
+// openAt opens name below dirfd without following a final symlink and,
+// where allowed, without touching its atime (reading must not change what
+// the next backup sees).
+func openAt(dirfd int, name string, flags int) (int, error) {
+	flags |= unix.O_NOFOLLOW | unix.O_CLOEXEC
+	noatime.Lock()
+	off := noatime.off
+	noatime.Unlock()
+	if !off {
+		fd, err := unix.Openat(dirfd, name, flags|unix.O_NOATIME, 0)
+		if err != unix.EPERM {
+			return fd, err
+		}
+	}
+	return unix.Openat(dirfd, name, flags, 0)
+}
+
+func lstatAt(dirfd int, name string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	return st, err
+}
+
+func readDirNames(fd int) ([]string, error) {
+	dup, err := unix.Dup(fd)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(dup), "dir")
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+func readlinkAt(dirfd int, name string) ([]byte, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return nil, err
+		}
+		if n < size {
+			return buf[:n], nil
+		}
+	}
+}
+
+func ts(t unix.Timespec) time.Time { return time.Unix(t.Sec, t.Nsec).UTC() }
+
+var names = struct {
+	sync.Mutex
+	users, groups map[uint32]string
+}{users: map[uint32]string{}, groups: map[uint32]string{}}
+
+func lookupNames(uid, gid uint32) (string, string) {
+	names.Lock()
+	defer names.Unlock()
+	u, ok := names.users[uid]
+	if !ok {
+		if x, err := user.LookupId(strconv.Itoa(int(uid))); err == nil {
+			u = x.Username
+		}
+		names.users[uid] = u
+	}
+	g, ok := names.groups[gid]
+	if !ok {
+		if x, err := user.LookupGroupId(strconv.Itoa(int(gid))); err == nil {
+			g = x.Name
+		}
+		names.groups[gid] = g
+	}
+	return u, g
+}
+
+// nodeFromStat fills what lstat tells; content, link target and xattrs are
+// the caller's.
+func nodeFromStat(name []byte, st *unix.Stat_t) *Node {
+	n := &Node{
+		Name: Name(name), Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
+		ModTime: ts(st.Mtim), ATime: ts(st.Atim), CTime: ts(st.Ctim),
+		Inode: st.Ino, DeviceID: st.Dev, Links: st.Nlink,
+	}
+	n.User, n.Group = lookupNames(st.Uid, st.Gid)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		n.Type = TypeFile
+		n.Size = uint64(st.Size)
+		n.Sparse = st.Size > 0 && st.Blocks*512 < st.Size
+	case unix.S_IFDIR:
+		n.Type = TypeDir
+	case unix.S_IFLNK:
+		n.Type = TypeSymlink
+		n.Size = uint64(st.Size)
+	case unix.S_IFBLK:
+		n.Type, n.Rdev = TypeDev, st.Rdev
+	case unix.S_IFCHR:
+		n.Type, n.Rdev = TypeCharDev, st.Rdev
+	case unix.S_IFIFO:
+		n.Type = TypeFIFO
+	case unix.S_IFSOCK:
+		n.Type = TypeSocket
+	}
+	return n
+}
+
+// readXattrs lists name's extended attributes. A filesystem without xattr
+// support has none.
+func readXattrs(dirfd int, name string) ([]Xattr, error) {
+	p := procPath(dirfd, name)
+	size, err := unix.Llistxattr(p, nil)
+	if err != nil || size == 0 {
+		if err == unix.ENOTSUP || err == unix.EOPNOTSUPP {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list xattrs: %w", err)
+		}
+		return nil, nil
+	}
+	buf := make([]byte, size)
+	size, err = unix.Llistxattr(p, buf)
+	if err != nil {
+		return nil, fmt.Errorf("list xattrs: %w", err)
+	}
+	var out []Xattr
+	for _, key := range splitNul(buf[:size]) {
+		vsize, err := unix.Lgetxattr(p, key, nil)
+		if err != nil {
+			if err == unix.ENODATA {
+				continue // removed meanwhile
+			}
+			return nil, fmt.Errorf("get xattr %q: %w", key, err)
+		}
+		val := make([]byte, vsize)
+		if vsize > 0 {
+			if vsize, err = unix.Lgetxattr(p, key, val); err != nil {
+				return nil, fmt.Errorf("get xattr %q: %w", key, err)
+			}
+		}
+		out = append(out, Xattr{Name: Name(key), Value: val[:vsize]})
+	}
+	return out, nil
+}
+
+func splitNul(b []byte) []string {
+	var out []string
+	start := 0
+	for i, c := range b {
+		if c == 0 {
+			if i > start {
+				out = append(out, string(b[start:i]))
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+var isRoot = os.Geteuid() == 0
+
+// applyMeta sets owner (when root), mode, xattrs and times of name in dirfd,
+// in the order that keeps each one: chown clears setuid bits, so chmod
+// follows it; times come last because every other change moves ctime/mtime.
+func applyMeta(dirfd int, name string, n *Node) error {
+	var errs []error
+	p := procPath(dirfd, name)
+	if isRoot {
+		if err := unix.Fchownat(dirfd, name, int(n.UID), int(n.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			errs = append(errs, fmt.Errorf("chown: %w", err))
+		}
+	}
+	if n.Type != TypeSymlink {
+		if err := unix.Fchmodat(dirfd, name, n.Mode&0o7777, 0); err != nil {
+			errs = append(errs, fmt.Errorf("chmod: %w", err))
+		}
+	}
+	for _, x := range n.Xattrs {
+		if err := unix.Lsetxattr(p, string(x.Name), x.Value, 0); err != nil {
+			errs = append(errs, fmt.Errorf("set xattr %q: %w", x.Name, err))
+		}
+	}
+	times := []unix.Timespec{timespec(n.ATime), timespec(n.ModTime)}
+	if err := unix.UtimesNanoAt(dirfd, name, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		errs = append(errs, fmt.Errorf("set times: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func timespec(t time.Time) unix.Timespec {
+	if t.IsZero() {
+		return unix.Timespec{Nsec: unix.UTIME_OMIT}
+	}
+	// Seconds and nanoseconds apart: UnixNano overflows outside 1678–2262.
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}

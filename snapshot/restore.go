@@ -1,0 +1,594 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairn-backup/cairn/pack"
+	"github.com/cairn-backup/cairn/repo"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+)
+
+// Overwrite policies for restore.
+const (
+	OverwriteAlways    = "always"
+	OverwriteIfChanged = "if-changed"
+	OverwriteNever     = "never"
+)
+
+// RestoreOptions describe one restore.
+type RestoreOptions struct {
+	Target    string
+	Include   []string // restic pattern rules; empty: everything
+	Exclude   []string
+	Verify    bool   // re-read what was written and compare
+	Overwrite string // OverwriteAlways (default), OverwriteIfChanged, OverwriteNever
+	Delete    bool   // remove files in the target that the snapshot lacks
+	Reporter  Reporter
+	// Workers is how many files are written at once (default: cores, at least 2).
+	Workers int
+}
+
+// RestoreStats count what a restore did.
+type RestoreStats struct {
+	Files, Dirs, Others int
+	Bytes               int64
+	Skipped             int // left alone by the overwrite policy
+	Deleted             int
+	Verified            int
+	Errors              int
+}
+
+// ErrRestoreIncomplete is wrapped by Restore's error when some entries failed.
+var ErrRestoreIncomplete = errors.New("some entries could not be restored")
+
+// dirState is a directory of the target, created when first needed (an
+// --include may select nothing below it).
+type dirState struct {
+	parent *dirState
+	name   string
+	node   *Node // nil for the target itself
+	path   string
+	fd     int // -1 until opened
+}
+
+type restoreJob struct {
+	dirfd int // a duplicate, owned by the job
+	name  string
+	fd    int
+	path  string
+	node  *Node
+}
+
+type restorer struct {
+	store      *pack.Store
+	opts       RestoreOptions
+	incl, excl *Patterns
+	jobs       chan restoreJob
+
+	mu       sync.Mutex
+	stats    RestoreStats
+	links    map[[2]uint64]string // hard-link group → path of the first restored copy, from the target
+	dirsDone []*dirState          // directories in post-order, for their metadata
+	bytes    atomic.Int64
+	files    atomic.Int64
+	target   int
+}
+
+// Restore writes the snapshot's tree under opts.Target. It never writes
+// outside the target, whatever names the trees hold: every step opens the
+// next directory relative to the last one without following symlinks.
+// Errors for single entries go to the Reporter and are counted; the
+// returned error wraps ErrRestoreIncomplete when anything failed.
+func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreOptions) (RestoreStats, error) {
+	switch opts.Overwrite {
+	case "":
+		opts.Overwrite = OverwriteAlways
+	case OverwriteAlways, OverwriteIfChanged, OverwriteNever:
+	default:
+		return RestoreStats{}, fmt.Errorf("invalid --overwrite %q: want always, if-changed or never", opts.Overwrite)
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = max(2, runtime.GOMAXPROCS(0))
+	}
+	r := &restorer{store: store, opts: opts, links: map[[2]uint64]string{}}
+	var err error
+	if r.incl, err = ParsePatterns(opts.Include, false); err != nil {
+		return RestoreStats{}, err
+	}
+	if r.excl, err = ParsePatterns(opts.Exclude, false); err != nil {
+		return RestoreStats{}, err
+	}
+	if err := os.MkdirAll(opts.Target, 0o700); err != nil {
+		return RestoreStats{}, fmt.Errorf("create target: %w", err)
+	}
+	r.target, err = unix.Open(opts.Target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return RestoreStats{}, fmt.Errorf("open target %s: %w", opts.Target, err)
+	}
+	defer unix.Close(r.target)
+
+	start := time.Now()
+	stopProgress := r.startProgress(start)
+	r.jobs = make(chan restoreJob)
+	g, gctx := errgroup.WithContext(ctx)
+	for range opts.Workers {
+		g.Go(func() error { return r.worker(gctx) })
+	}
+	g.Go(func() error {
+		defer close(r.jobs)
+		root := &dirState{fd: r.target, path: ""}
+		return r.restoreDir(gctx, root, sn.Tree, r.incl.Empty())
+	})
+	err = g.Wait()
+	stopProgress()
+	if err != nil {
+		return r.stats, err
+	}
+	// Directory metadata last, deepest first: writing inside a directory
+	// changes its mtime, and a read-only mode would stop the writes.
+	for _, d := range r.dirsDone {
+		if d.fd >= 0 && d.fd != r.target {
+			unix.Close(d.fd)
+			d.fd = -1
+		}
+	}
+	for _, d := range r.dirsDone {
+		if d.node == nil {
+			continue
+		}
+		if err := r.withParent(d, func(pfd int) error { return applyMeta(pfd, d.name, d.node) }); err != nil {
+			r.fail(d.path, err)
+		}
+	}
+	if r.stats.Errors > 0 {
+		return r.stats, fmt.Errorf("%d entries: %w", r.stats.Errors, ErrRestoreIncomplete)
+	}
+	return r.stats, nil
+}
+
+func (r *restorer) startProgress(start time.Time) func() {
+	if r.opts.Reporter == nil {
+		return func() {}
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	send := func() {
+		r.mu.Lock()
+		p := Progress{Files: int(r.files.Load()), Dirs: r.stats.Dirs, Bytes: r.bytes.Load(), Errors: r.stats.Errors, Elapsed: time.Since(start)}
+		r.mu.Unlock()
+		r.opts.Reporter.Progress(p)
+	}
+	go func() {
+		defer close(done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				send()
+			case <-stop:
+				send()
+				return
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+func (r *restorer) fail(path string, err error) {
+	r.mu.Lock()
+	r.stats.Errors++
+	r.mu.Unlock()
+	if r.opts.Reporter != nil {
+		r.opts.Reporter.Error(path, err)
+	}
+}
+
+func (r *restorer) count(f func(s *RestoreStats)) {
+	r.mu.Lock()
+	f(&r.stats)
+	r.mu.Unlock()
+}
+
+// withParent opens d's parent chain from the target and calls fn with the
+// parent's descriptor.
+func (r *restorer) withParent(d *dirState, fn func(int) error) error {
+	var chain []string
+	for p := d.parent; p != nil && p.node != nil; p = p.parent {
+		chain = append(chain, p.name)
+	}
+	fd := r.target
+	for i := len(chain) - 1; i >= 0; i-- {
+		nfd, err := unix.Openat(fd, chain[i], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if fd != r.target {
+			unix.Close(fd)
+		}
+		if err != nil {
+			return err
+		}
+		fd = nfd
+	}
+	defer func() {
+		if fd != r.target {
+			unix.Close(fd)
+		}
+	}()
+	return fn(fd)
+}
+
+// open makes sure d exists in the target and returns its descriptor.
+func (r *restorer) open(d *dirState) (int, error) {
+	if d.fd >= 0 {
+		return d.fd, nil
+	}
+	pfd, err := r.open(d.parent)
+	if err != nil {
+		return -1, err
+	}
+	st, err := lstatAt(pfd, d.name)
+	switch {
+	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		// An existing directory is reused whatever the policy.
+	case err == nil && r.opts.Overwrite == OverwriteNever:
+		return -1, fmt.Errorf("not a directory in the target, left alone (--overwrite never)")
+	case err == nil:
+		if err := unix.Unlinkat(pfd, d.name, 0); err != nil {
+			return -1, fmt.Errorf("replace: %w", err)
+		}
+		fallthrough
+	default:
+		if err := unix.Mkdirat(pfd, d.name, 0o700); err != nil && err != unix.EEXIST {
+			return -1, fmt.Errorf("mkdir: %w", err)
+		}
+		r.count(func(s *RestoreStats) { s.Dirs++ })
+	}
+	// O_NOFOLLOW: a symlink planted where a directory belongs is refused, so
+	// nothing below it can land outside the target.
+	fd, err := unix.Openat(pfd, d.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open directory: %w", err)
+	}
+	d.fd = fd
+	return fd, nil
+}
+
+// restoreDir restores the entries of tree id into d. all says that the
+// include patterns selected d itself, so everything below is selected.
+func (r *restorer) restoreDir(ctx context.Context, d *dirState, id repo.ID, all bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t, err := LoadTree(ctx, r.store, id)
+	if err != nil {
+		r.fail(d.path+"/", err)
+		return nil
+	}
+	for _, n := range t.Nodes {
+		if err := ValidName(n.Name); err != nil { // trees are checked on load; twice is cheap
+			r.fail(d.path+"/"+string(n.Name), err)
+			continue
+		}
+		p := d.path + "/" + string(n.Name)
+		isDir := n.Type == TypeDir
+		if !r.excl.Empty() && r.excl.Match(p, isDir) {
+			continue
+		}
+		sel := all || r.incl.Match(p, isDir)
+		if isDir {
+			if !sel && !r.incl.ChildMayMatch(p) {
+				continue
+			}
+			c := &dirState{parent: d, name: string(n.Name), node: n, path: p, fd: -1}
+			if sel {
+				if _, err := r.open(c); err != nil {
+					r.fail(p, err)
+					continue
+				}
+			}
+			if err := r.restoreDir(ctx, c, *n.Subtree, sel); err != nil {
+				return err
+			}
+			if c.fd >= 0 {
+				r.dirsDone = append(r.dirsDone, c)
+				unix.Close(c.fd)
+				c.fd = -1
+			}
+			continue
+		}
+		if !sel {
+			continue
+		}
+		dfd, err := r.open(d)
+		if err != nil {
+			r.fail(p, err)
+			continue
+		}
+		if err := r.restoreEntry(ctx, dfd, p, n); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.fail(p, err)
+		}
+	}
+	if r.opts.Delete && d.fd >= 0 {
+		r.deleteExtra(d, t)
+	}
+	return nil
+}
+
+// prepare decides what to do with an existing entry at name: false means
+// leave it (the policy says so); true means name is now free.
+func (r *restorer) prepare(dfd int, name string, n *Node) (bool, error) {
+	st, err := lstatAt(dfd, name)
+	if err == unix.ENOENT {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	switch r.opts.Overwrite {
+	case OverwriteNever:
+		return false, nil
+	case OverwriteIfChanged:
+		if n.Type == TypeFile && st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) == n.Size &&
+			time.Unix(st.Mtim.Sec, st.Mtim.Nsec).Equal(n.ModTime) {
+			return false, nil
+		}
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return false, fmt.Errorf("a directory is in the way")
+	}
+	if err := unix.Unlinkat(dfd, name, 0); err != nil {
+		return false, fmt.Errorf("replace: %w", err)
+	}
+	return true, nil
+}
+
+func (r *restorer) restoreEntry(ctx context.Context, dfd int, path string, n *Node) error {
+	name := string(n.Name)
+	free, err := r.prepare(dfd, name, n)
+	if err != nil {
+		return err
+	}
+	if !free {
+		r.count(func(s *RestoreStats) { s.Skipped++ })
+		return nil
+	}
+	switch n.Type {
+	case TypeFile:
+		if n.Links > 1 {
+			key := [2]uint64{n.DeviceID, n.Inode}
+			r.mu.Lock()
+			first, seen := r.links[key]
+			if !seen {
+				r.links[key] = strings.TrimPrefix(path, "/")
+			}
+			r.mu.Unlock()
+			// A path too long for one call falls back to a copy of the content.
+			if seen && unix.Linkat(r.target, first, dfd, name, 0) == nil {
+				r.count(func(s *RestoreStats) { s.Files++ })
+				r.files.Add(1)
+				return nil
+			}
+		}
+		fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return fmt.Errorf("create: %w", err)
+		}
+		dup, err := unix.Dup(dfd)
+		if err != nil {
+			unix.Close(fd)
+			return err
+		}
+		select {
+		case r.jobs <- restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n}:
+			return nil
+		case <-ctx.Done():
+			unix.Close(fd)
+			unix.Close(dup)
+			return ctx.Err()
+		}
+	case TypeSymlink:
+		if err := unix.Symlinkat(string(n.Link), dfd, name); err != nil {
+			return fmt.Errorf("symlink: %w", err)
+		}
+	case TypeFIFO:
+		if err := unix.Mkfifoat(dfd, name, 0o600); err != nil {
+			return fmt.Errorf("mkfifo: %w", err)
+		}
+	case TypeDev, TypeCharDev:
+		if !isRoot {
+			return fmt.Errorf("device node: only root can create it")
+		}
+		mode := uint32(unix.S_IFBLK)
+		if n.Type == TypeCharDev {
+			mode = unix.S_IFCHR
+		}
+		if err := unix.Mknodat(dfd, name, mode|0o600, int(n.Rdev)); err != nil {
+			return fmt.Errorf("mknod: %w", err)
+		}
+	case TypeSocket:
+		return nil // a socket belongs to a running program; there is nothing to restore
+	default:
+		return fmt.Errorf("unknown node type %q", n.Type)
+	}
+	r.count(func(s *RestoreStats) { s.Others++ })
+	return applyMeta(dfd, name, n)
+}
+
+func (r *restorer) worker(ctx context.Context) error {
+	var buf []byte
+	for job := range r.jobs {
+		var err error
+		buf, err = r.writeFile(ctx, job, buf)
+		unix.Close(job.fd)
+		if err == nil {
+			err = applyMeta(job.dirfd, job.name, job.node)
+		} else {
+			// Never leave a file with wrong or partial content behind.
+			_ = unix.Unlinkat(job.dirfd, job.name, 0)
+		}
+		unix.Close(job.dirfd)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.fail(job.path, err)
+			continue
+		}
+		r.files.Add(1)
+		r.count(func(s *RestoreStats) {
+			s.Files++
+			s.Bytes += int64(job.node.Size)
+		})
+	}
+	return nil
+}
+
+const blockSize = 4096
+
+var zeroBlock [blockSize]byte
+
+// writeFile writes a file's content at its offsets. A sparse file's zero
+// blocks are skipped, so they stay holes.
+func (r *restorer) writeFile(ctx context.Context, job restoreJob, buf []byte) ([]byte, error) {
+	var off int64
+	var lengths []int
+	for _, id := range job.node.Content {
+		var err error
+		if buf, err = r.store.LoadBlob(ctx, repo.DataBlob, id, buf); err != nil {
+			return buf, err
+		}
+		if err := writeAt(job.fd, buf, off, job.node.Sparse); err != nil {
+			return buf, err
+		}
+		off += int64(len(buf))
+		lengths = append(lengths, len(buf))
+		r.bytes.Add(int64(len(buf)))
+	}
+	if err := unix.Ftruncate(job.fd, off); err != nil {
+		return buf, fmt.Errorf("truncate: %w", err)
+	}
+	if uint64(off) != job.node.Size {
+		return buf, fmt.Errorf("content is %d bytes, the snapshot says %d", off, job.node.Size)
+	}
+	if r.opts.Verify {
+		if err := r.verify(job, lengths); err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
+func writeAt(fd int, data []byte, off int64, sparse bool) error {
+	if !sparse {
+		return pwriteAll(fd, data, off)
+	}
+	for len(data) > 0 {
+		n := min(len(data), blockSize)
+		if n < blockSize || !bytes.Equal(data[:n], zeroBlock[:]) {
+			if err := pwriteAll(fd, data[:n], off); err != nil {
+				return err
+			}
+		}
+		data, off = data[n:], off+int64(n)
+	}
+	return nil
+}
+
+func pwriteAll(fd int, data []byte, off int64) error {
+	for len(data) > 0 {
+		n, err := unix.Pwrite(fd, data, off)
+		if err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		data, off = data[n:], off+int64(n)
+	}
+	return nil
+}
+
+// verify re-reads the written file and checks every blob's id.
+func (r *restorer) verify(job restoreJob, lengths []int) error {
+	fd, err := unix.Openat(job.dirfd, job.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	defer unix.Close(fd)
+	key := r.store.Repo().Key()
+	var off int64
+	for i, n := range lengths {
+		buf := make([]byte, n)
+		if _, err := unix.Pread(fd, buf, off); err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		if repo.ID(key.BlobID(buf)) != job.node.Content[i] {
+			return fmt.Errorf("verify: content at offset %d differs from the snapshot", off)
+		}
+		off += int64(n)
+	}
+	r.count(func(s *RestoreStats) { s.Verified++ })
+	return nil
+}
+
+// deleteExtra removes entries of d that the tree lacks (--delete), except
+// those the patterns keep out of the restore.
+func (r *restorer) deleteExtra(d *dirState, t *Tree) {
+	names, err := readDirNames(d.fd)
+	if err != nil {
+		r.fail(d.path, err)
+		return
+	}
+	for _, name := range names {
+		if t.Find([]byte(name)) != nil {
+			continue
+		}
+		p := d.path + "/" + name
+		st, err := lstatAt(d.fd, name)
+		if err != nil {
+			continue
+		}
+		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+		if (!r.excl.Empty() && r.excl.Match(p, isDir)) || (!r.incl.Empty() && !r.incl.Match(p, isDir)) {
+			continue
+		}
+		if err := removeAt(d.fd, name); err != nil {
+			r.fail(p, err)
+			continue
+		}
+		r.count(func(s *RestoreStats) { s.Deleted++ })
+	}
+}
+
+// removeAt removes name in dirfd, with everything below it, never following symlinks.
+func removeAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err != unix.EISDIR && err != unix.EPERM {
+		return err
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	names, err := readDirNames(fd)
+	if err == nil {
+		for _, c := range names {
+			if err = removeAt(fd, c); err != nil {
+				break
+			}
+		}
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}
