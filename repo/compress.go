@@ -3,6 +3,7 @@ package repo
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -40,10 +41,11 @@ var (
 
 func zstdInit() {
 	zstdOnce.Do(func() {
-		// EncodeAll/DecodeAll are safe for concurrent use; one concurrency
-		// slot keeps each encoder's memory small.
-		encFast, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
-		encBest, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		// EncodeAll runs at most "concurrency" calls at once: one per core,
+		// so every worker compresses in parallel.
+		n := runtime.GOMAXPROCS(0)
+		encFast, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(n), zstd.WithLowerEncoderMem(true))
+		encBest, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(n), zstd.WithLowerEncoderMem(true))
 		decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(256<<20))
 	})
 }
