@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a Debian 12 machine, when it is missing and
+# installing is possible (root, apt, the Go module proxy). Quick when
+# everything is present. When something cannot be installed it says so and
+# goes on: each test decides for itself whether to skip or fail.
+#
+# Adding a dependency:
+#   - a Debian package: one line in APT_DEPS ("command package");
+#   - a Go-built server: one go_dep line in install_go_deps (see
+#     shared docs/test-servers.md §1 for the pinned versions).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# command-to-look-for  debian-package
+APT_DEPS=(
+	"restic restic" # benchmark baseline; oracle for compatibility tests
+	"/usr/bin/time time" # peak RSS in scripts/bench.sh
+)
+
+# Go-built binaries go here; the tests find them through TESTENV_BIN_DIR.
+export GOBIN="$PWD/.cache/testbin"
+
+log() { echo "install-test-deps: $*" >&2; }
+
+have() {
+	if [[ $1 == /* ]]; then [[ -x $1 ]]; else command -v "$1" >/dev/null 2>&1; fi
+}
+
+install_apt_deps() {
+	local missing=() entry cmd pkg
+	for entry in "${APT_DEPS[@]}"; do
+		read -r cmd pkg <<<"$entry"
+		have "$cmd" || missing+=("$pkg")
+	done
+	((${#missing[@]} == 0)) && return 0
+
+	if [[ $(id -u) -ne 0 ]] || ! have apt-get; then
+		log "missing ${missing[*]} (not root or no apt-get: install them yourself; tests that need them will skip or fail)"
+		return 0
+	fi
+	log "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	local apt=(apt-get -q -y -o DPkg::Lock::Timeout=600)
+	if ! "${apt[@]}" update >/dev/null ||
+		! "${apt[@]}" install --no-install-recommends "${missing[@]}" >/dev/null; then
+		log "apt-get could not install ${missing[*]}; going on without them"
+	fi
+}
+
+# go_dep NAME MODULE@VERSION: go install MODULE@VERSION unless $GOBIN/NAME exists.
+go_dep() {
+	local name=$1 mod=$2
+	[[ -x $GOBIN/$name ]] && return 0
+	log "building $name from $mod"
+	mkdir -p "$GOBIN"
+	go install "$mod" || log "could not build $name; going on without it"
+}
+
+install_go_deps() {
+	# None yet. For example:
+	# go_dep minio github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
+	:
+}
+
+install_apt_deps
+install_go_deps
