@@ -159,11 +159,22 @@ func (s *Store) store(ctx context.Context, w *Writer) error {
 	}
 	s.stats.Packs++
 	s.mu.Unlock()
-	s.bufs.Put(data[:0])
+	if cap(data) >= s.psize {
+		s.bufs.Put(data[:0])
+	}
 	if s.idx.Unsaved() >= index.FlushEvery {
 		return s.idx.Flush(ctx, s.r)
 	}
 	return nil
+}
+
+// newWriter starts a pack of type t. Tree packs rarely fill: they grow from
+// a small buffer instead of holding a whole pack's worth of memory.
+func (s *Store) newWriter(t repo.BlobType) *Writer {
+	if t == repo.TreeBlob {
+		return NewWriter(t, make([]byte, 0, 64<<10))
+	}
+	return NewWriter(t, s.bufs.Get().([]byte))
 }
 
 func inflightKey(t repo.BlobType, id repo.ID) (k [33]byte) {
@@ -219,7 +230,7 @@ func (s *Store) SaveBlob(ctx context.Context, t repo.BlobType, data []byte) (id 
 	s.mu.Lock()
 	w := s.packers[t]
 	if w == nil {
-		w = NewWriter(t, s.bufs.Get().([]byte))
+		w = s.newWriter(t)
 		s.packers[t] = w
 	}
 	w.Add(id, *sealp, len(data))

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -32,6 +33,11 @@ const (
 )
 
 func main() {
+	// The working set is bounded (packs and chunks in flight), so a soft limit
+	// keeps garbage from doubling the resident size; GOMEMLIMIT overrides it.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(128 << 20)
+	}
 	os.Exit(run(os.Args, os.Stderr))
 }
 
