@@ -49,4 +49,4 @@ fuzz:
 	done
 
 clean:
-	rm -rf bin demo coverage.out coverage.html
+	rm -rf bin _demo coverage.out coverage.html

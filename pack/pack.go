@@ -153,6 +153,9 @@ func ReadHeader(ctx context.Context, be repo.Backend, key *crypto.Key, id repo.I
 	if err != nil {
 		return nil, err
 	}
+	if fi.Size < 4 {
+		return nil, fmt.Errorf("pack %s: %d bytes is too short for a header", id.Short(), fi.Size)
+	}
 	// One read usually gets the whole header: most packs hold few blobs.
 	guess := min(fi.Size, 64<<10)
 	tail, err := repo.ReadAt(ctx, be, h, fi.Size-guess, int(guess), nil)

@@ -132,24 +132,38 @@ func (s *Store) send(ctx context.Context, w *Writer) error {
 	ch := s.uploads
 	s.mu.Unlock()
 	if ch == nil {
+		s.forget(w)
 		return errors.New("pack store: SaveBlob outside WithUploader")
 	}
 	select {
 	case ch <- w:
 		return nil
 	case <-ctx.Done():
+		s.forget(w)
 		return ctx.Err()
+	}
+}
+
+// forget drops the inflight marks of a pack that will not be stored, so its
+// blobs are not reported as known by a later SaveBlob.
+func (s *Store) forget(w *Writer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range w.blobs {
+		delete(s.inflight, inflightKey(b.Type, b.ID))
 	}
 }
 
 func (s *Store) store(ctx context.Context, w *Writer) error {
 	data, blobs, err := w.Finish(s.key)
 	if err != nil {
+		s.forget(w)
 		return err
 	}
 	id := repo.ID(crypto.Hash(data))
 	h := repo.Handle{Type: repo.PackFile, Name: id.String()}
 	if err := s.r.Backend().Save(ctx, h, bytes.NewReader(data), int64(len(data))); err != nil {
+		s.forget(w)
 		return fmt.Errorf("store pack %s: %w", id.Short(), err)
 	}
 	s.idx.Add(id, blobs)

@@ -10,12 +10,11 @@ import (
 	"time"
 )
 
-// Lock timing: a lock is refreshed well within the time after which others
-// may call it stale.
-const (
-	LockStaleAfter = 30 * time.Minute
-	lockRefresh    = 5 * time.Minute
-)
+// LockStaleAfter is how long a lock lives without a refresh.
+const LockStaleAfter = 30 * time.Minute
+
+// lockRefresh is well within LockStaleAfter; a variable so tests can shorten it.
+var lockRefresh = 5 * time.Minute
 
 // Lock is the content of locks/<ID>.
 type Lock struct {
@@ -67,9 +66,11 @@ func (r *Repo) WithLock(ctx context.Context, exclusive bool, fn func(context.Con
 	}
 	var mu sync.Mutex
 	current := id
+	released := false
 	release := func() {
 		mu.Lock()
 		defer mu.Unlock()
+		released = true
 		_ = r.RemoveFile(context.WithoutCancel(ctx), LockFile, current)
 	}
 	// Check after writing ours: of two racing lockers, at least one sees the other.
@@ -95,6 +96,12 @@ func (r *Repo) WithLock(ctx context.Context, exclusive bool, fn func(context.Con
 					return
 				}
 				mu.Lock()
+				if released {
+					// Written while the lock was being released: it must not outlive it.
+					mu.Unlock()
+					_ = r.RemoveFile(context.WithoutCancel(ctx), LockFile, nid)
+					return
+				}
 				old := current
 				current = nid
 				mu.Unlock()

@@ -195,6 +195,11 @@ func (r *Repo) AddKey(ctx context.Context, password []byte, p crypto.KDFParams) 
 
 // RemoveKey deletes a key file, refusing the last one.
 func (r *Repo) RemoveKey(ctx context.Context, id ID) error {
+	h := Handle{Type: KeyFile, Name: id.String()}
+	// Removing an absent file succeeds in a backend; an unknown key is an error here.
+	if _, err := r.be.Stat(ctx, h); err != nil {
+		return fmt.Errorf("key %s: %w", id.Short(), err)
+	}
 	n := 0
 	if err := r.be.List(ctx, KeyFile, func(FileInfo) error { n++; return nil }); err != nil {
 		return fmt.Errorf("list keys: %w", err)
@@ -202,7 +207,7 @@ func (r *Repo) RemoveKey(ctx context.Context, id ID) error {
 	if n <= 1 {
 		return errors.New("refusing to remove the last key: the repository would be unreadable")
 	}
-	return r.be.Remove(ctx, Handle{Type: KeyFile, Name: id.String()})
+	return r.be.Remove(ctx, h)
 }
 
 // Whoami returns the user and host names recorded in keys, locks and snapshots.

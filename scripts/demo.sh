@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs cairn's main job on the embedded default: a local repository in
-# demo/repo, two nightly backups of this source tree (the second incremental),
+# _demo/repo (a leading underscore keeps the go tool out of the copied
+# sources), two nightly backups of this source tree (the second incremental),
 # a listing, a restore and a comparison with the original.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 make --no-print-directory build
 bin=$PWD/bin/cairn
-demo=$PWD/demo
+demo=$PWD/_demo
 rm -rf "$demo"
 mkdir -p "$demo/src"
 # A copy, so the second night can change something without touching the tree.
@@ -30,7 +31,7 @@ step "cairn snapshots"
 "$bin" snapshots
 step "cairn diff"
 "$bin" diff "$("$bin" snapshots --json | sed -n 's/.*"id":"\([0-9a-f]\{64\}\)".*"id":"[0-9a-f]\{64\}".*/\1/p')" latest
-step "cairn restore latest --target demo/restore"
+step "cairn restore latest --target _demo/restore"
 "$bin" restore latest --target "$demo/restore"
 diff -r "$demo/src" "$demo/restore$demo/src"
 echo "restored tree is identical to the source"

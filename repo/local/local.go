@@ -78,8 +78,13 @@ func (b *Backend) Save(ctx context.Context, h repo.Handle, r io.ReaderAt, size i
 			_ = os.Remove(f.Name())
 		}
 	}()
-	if _, err = io.Copy(f, io.NewSectionReader(r, 0, size)); err != nil {
+	n, err := io.Copy(f, io.NewSectionReader(r, 0, size))
+	if err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
+	}
+	if n != size {
+		// A short source must not become a short file under a full name.
+		return fmt.Errorf("save %s: source ended after %d of %d bytes: %w", h, n, size, io.ErrUnexpectedEOF)
 	}
 	if err = f.Sync(); err != nil {
 		return fmt.Errorf("save %s: fsync: %w", h, err)
@@ -116,6 +121,16 @@ func (b *Backend) Load(ctx context.Context, h repo.Handle, offset, length int64,
 		return wrap(h, err)
 	}
 	defer f.Close()
+	if offset > 0 || length > 0 {
+		// A range past the end is an error: a short read would look whole.
+		fi, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("load %s: %w", h, err)
+		}
+		if offset > fi.Size() || length > fi.Size()-offset {
+			return fmt.Errorf("load %s: range %d+%d beyond size %d", h, offset, length, fi.Size())
+		}
+	}
 	var r io.Reader = f
 	if length > 0 {
 		r = io.NewSectionReader(f, offset, length)

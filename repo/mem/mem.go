@@ -26,8 +26,15 @@ func (b *Backend) Location() string { return "mem:" }
 func (b *Backend) Close() error     { return nil }
 
 func (b *Backend) Save(ctx context.Context, h repo.Handle, r io.ReaderAt, size int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	data := make([]byte, size)
-	if _, err := r.ReadAt(data, 0); err != nil && !(err == io.EOF && size == 0) {
+	// A ReaderAt may return io.EOF along with the last bytes.
+	if n, err := r.ReadAt(data, 0); int64(n) < size || (err != nil && err != io.EOF) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return fmt.Errorf("save %s: %w", h, err)
 	}
 	b.mu.Lock()
@@ -37,6 +44,9 @@ func (b *Backend) Save(ctx context.Context, h repo.Handle, r io.ReaderAt, size i
 }
 
 func (b *Backend) Load(ctx context.Context, h repo.Handle, offset, length int64, fn func(io.Reader) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	data, ok := b.files[h]
 	b.mu.Unlock()
@@ -76,6 +86,9 @@ func (b *Backend) List(ctx context.Context, t repo.FileType, fn func(repo.FileIn
 	}
 	b.mu.Unlock()
 	for _, fi := range infos {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if err := fn(fi); err != nil {
 			return err
 		}
