@@ -5,13 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/cairn-backup/cairn/repo"
-	bolt "go.etcd.io/bbolt"
 )
 
 // FlushEvery bounds how many new blobs wait in memory before an index file
@@ -26,15 +23,10 @@ func keyOf(t repo.BlobType, id repo.ID) (k key) {
 	return k
 }
 
-var (
-	bucketBlobs = []byte("blobs")
-	bucketFiles = []byte("files")
-)
-
 // Index answers where a blob is stored. It is safe for concurrent use.
 type Index struct {
 	mu      sync.RWMutex
-	db      *bolt.DB                // the cache; nil when running without one
+	db      *cache                  // the cache; nil when running without one
 	mem     map[key]repo.PackedBlob // all entries when db is nil
 	pending map[key]repo.PackedBlob // added since the last Flush
 	unsaved []PackEntries           // what the next Flush writes
@@ -67,38 +59,16 @@ func Load(ctx context.Context, r *repo.Repo, opts Options) (*Index, error) {
 	return idx, nil
 }
 
-func openCache(path string) (*bolt.DB, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true})
-	if err != nil {
-		return nil, err
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBlobs, bucketFiles} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	return db, nil
-}
-
 // Close releases the cache.
 func (idx *Index) Close() error {
 	if idx.db != nil {
-		return idx.db.Close()
+		return idx.db.close()
 	}
 	return nil
 }
 
-// sync brings the lookup store up to date with the repository's index files.
+// sync brings the lookup store up to date with the repository's index
+// files. Every present file's supersedes list counts, superseded or not.
 func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 	var all []repo.ID
 	if err := r.ListIDs(ctx, repo.IndexFile, func(id repo.ID, _ int64) error {
@@ -111,21 +81,21 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 	for _, id := range all {
 		present[id] = true
 	}
-	merged := map[repo.ID][]repo.ID{} // merged file -> what it supersedes
+	merged := map[repo.ID][]repo.ID{} // file in the cache -> what it supersedes
 	if idx.db != nil {
-		if err := idx.db.View(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketFiles).ForEach(func(k, v []byte) error {
-				var id repo.ID
-				copy(id[:], k)
-				merged[id] = splitIDs(v)
-				return nil
-			})
-		}); err != nil {
+		m, err := idx.db.files()
+		if err != nil {
 			return fmt.Errorf("read index cache: %w", err)
 		}
+		for id, sup := range m {
+			for _, s := range sup {
+				merged[id] = append(merged[id], repo.ID(s))
+			}
+			if merged[id] == nil {
+				merged[id] = []repo.ID{}
+			}
+		}
 	}
-	// Load what the cache lacks; their supersedes lists decide what counts.
-	loaded := map[repo.ID]*File{}
 	superseded := map[repo.ID]bool{}
 	for id, sup := range merged {
 		if present[id] {
@@ -134,6 +104,10 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 			}
 		}
 	}
+	// Only the supersedes lists of files the cache lacks are needed first;
+	// their entries wait in memory only when there is no cache.
+	var fresh []repo.ID
+	loaded := map[repo.ID]*File{}
 	for _, id := range all {
 		if _, ok := merged[id]; ok {
 			continue
@@ -142,10 +116,21 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 		if err != nil {
 			return err
 		}
-		loaded[id] = f
 		for _, s := range f.Supersedes {
 			superseded[s] = true
 		}
+		fresh = append(fresh, id)
+		if idx.db == nil {
+			loaded[id] = f
+		}
+	}
+	if idx.db == nil {
+		for id, f := range loaded {
+			if !superseded[id] {
+				idx.mergeMem(id, f)
+			}
+		}
+		return nil
 	}
 	stale := false
 	for id := range merged {
@@ -155,51 +140,80 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 	}
 	if stale {
 		// Something the cache merged is gone: start over from the files.
-		if err := idx.resetCache(); err != nil {
-			return err
+		if err := idx.db.reset(); err != nil {
+			return fmt.Errorf("reset index cache: %w", err)
 		}
-		for _, id := range all {
-			if _, ok := loaded[id]; ok || superseded[id] {
-				continue
-			}
-			f, err := LoadFile(ctx, r, id)
-			if err != nil {
-				return err
-			}
-			loaded[id] = f
-		}
-	}
-	for id, f := range loaded {
-		if superseded[id] {
-			continue
-		}
-		if err := idx.merge(id, f); err != nil {
-			return err
-		}
+		merged = nil
+		fresh = all
 	}
 	for id := range merged {
-		if present[id] && !superseded[id] && !stale {
-			idx.files[id] = true
+		idx.files[id] = true
+	}
+	var todo []repo.ID
+	for _, id := range fresh {
+		if !superseded[id] {
+			todo = append(todo, id)
 		}
 	}
-	return nil
+	return idx.mergeCache(ctx, r, todo)
 }
 
-func (idx *Index) resetCache() error {
-	if idx.db == nil {
+// mergeCache adds index files to the cache, a bounded batch at a time.
+func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) error {
+	var batch []entry
+	files := map[[32]byte][]byte{}
+	commit := func() error {
+		if err := idx.db.add(batch, files); err != nil {
+			return fmt.Errorf("update index cache: %w", err)
+		}
+		idx.mu.Lock()
+		for id := range files {
+			idx.files[repo.ID(id)] = true
+		}
+		idx.mu.Unlock()
+		batch, files = nil, map[[32]byte][]byte{}
 		return nil
 	}
-	return idx.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBlobs, bucketFiles} {
-			if err := tx.DeleteBucket(b); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
-				return err
-			}
-			if _, err := tx.CreateBucket(b); err != nil {
+	for _, id := range ids {
+		f, err := LoadFile(ctx, r, id)
+		if err != nil {
+			return err
+		}
+		batch = appendEntries(batch, f)
+		files[id] = joinIDs(f.Supersedes)
+		if len(batch) >= segmentMax {
+			if err := commit(); err != nil {
 				return err
 			}
 		}
+	}
+	if len(files) == 0 {
 		return nil
-	})
+	}
+	return commit()
+}
+
+func appendEntries(batch []entry, f *File) []entry {
+	for _, p := range f.Packs {
+		for _, e := range p.Blobs {
+			e.Pack = p.Pack
+			batch = append(batch, entry{k: keyOf(e.Type, e.ID), v: encodeLoc(make([]byte, 0, 48), e)})
+		}
+	}
+	return batch
+}
+
+// mergeMem adds a loaded index file's entries to the in-memory store.
+func (idx *Index) mergeMem(id repo.ID, f *File) {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	idx.files[id] = true
+	for _, p := range f.Packs {
+		for _, e := range p.Blobs {
+			e.Pack = p.Pack
+			idx.mem[keyOf(e.Type, e.ID)] = e
+		}
+	}
 }
 
 // LoadFile loads and decodes index/<id>.
@@ -213,38 +227,6 @@ func LoadFile(ctx context.Context, r *repo.Repo, id repo.ID) (*File, error) {
 		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
 	}
 	return f, nil
-}
-
-// merge adds a loaded index file's entries to the store.
-func (idx *Index) merge(id repo.ID, f *File) error {
-	idx.mu.Lock()
-	defer idx.mu.Unlock()
-	idx.files[id] = true
-	if idx.db == nil {
-		for _, p := range f.Packs {
-			for _, e := range p.Blobs {
-				idx.mem[keyOf(e.Type, e.ID)] = e
-			}
-		}
-		return nil
-	}
-	err := idx.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBlobs)
-		for _, p := range f.Packs {
-			for _, e := range p.Blobs {
-				// bbolt keeps key and value slices until commit: fresh ones each time.
-				k := keyOf(e.Type, e.ID)
-				if err := b.Put(k[:], encodeLoc(make([]byte, 0, 48), e)); err != nil {
-					return err
-				}
-			}
-		}
-		return tx.Bucket(bucketFiles).Put(id[:], joinIDs(f.Supersedes))
-	})
-	if err != nil {
-		return fmt.Errorf("update index cache: %w", err)
-	}
-	return nil
 }
 
 func encodeLoc(b []byte, e repo.PackedBlob) []byte {
@@ -294,12 +276,9 @@ func (idx *Index) Lookup(t repo.BlobType, id repo.ID) (repo.PackedBlob, bool) {
 	if ok || idx.db == nil {
 		return e, ok
 	}
-	_ = idx.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketBlobs).Get(k[:]); v != nil {
-			e, ok = decodeLoc(k, v)
-		}
-		return nil
-	})
+	if v, found := idx.db.get(k); found {
+		e, ok = decodeLoc(k, v)
+	}
 	return e, ok
 }
 
@@ -349,8 +328,14 @@ func (idx *Index) Flush(ctx context.Context, r *repo.Repo) error {
 		idx.mu.Unlock()
 		return fmt.Errorf("save index: %w", err)
 	}
-	if err := idx.merge(id, f); err != nil {
-		return err
+	if idx.db == nil {
+		idx.mergeMem(id, f)
+	} else if err := idx.db.add(appendEntries(nil, f), map[[32]byte][]byte{id: joinIDs(f.Supersedes)}); err != nil {
+		return fmt.Errorf("update index cache: %w", err)
+	} else {
+		idx.mu.Lock()
+		idx.files[id] = true
+		idx.mu.Unlock()
 	}
 	idx.mu.Lock()
 	for _, p := range packs {
@@ -381,16 +366,12 @@ func (idx *Index) Each(fn func(repo.PackedBlob) error) error {
 	if idx.db == nil {
 		return nil
 	}
-	return idx.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			var kk key
-			copy(kk[:], k)
-			e, ok := decodeLoc(kk, v)
-			if !ok {
-				return fmt.Errorf("index cache: bad entry")
-			}
-			return fn(e)
-		})
+	return idx.db.each(func(k key, v []byte) error {
+		e, ok := decodeLoc(k, v)
+		if !ok {
+			return errors.New("index cache: bad entry")
+		}
+		return fn(e)
 	})
 }
 

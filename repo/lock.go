@@ -39,7 +39,8 @@ func (l *Lock) Stale(now time.Time) bool {
 	if now.Sub(l.Time) > LockStaleAfter {
 		return true
 	}
-	if host, _ := os.Hostname(); host == l.Hostname {
+	// kill(0) and kill(-1) address groups of processes, not the holder.
+	if host, _ := os.Hostname(); host == l.Hostname && l.PID > 0 {
 		err := syscall.Kill(l.PID, 0)
 		return errors.Is(err, syscall.ESRCH)
 	}

@@ -1,0 +1,485 @@
+package index
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The cache keeps blob locations in sorted segments, one bbolt bucket each,
+// written in key order. Keys are keyed hashes, so a single bucket filled as
+// index files arrive would take inserts at random places: every insert then
+// rewrites a page, and a transaction holds every page it touched in memory.
+// Sorted segments are appended instead, and merged in the background of a
+// flush (larger ones rarely), so writing costs O(log n) per blob and memory
+// stays flat. A Bloom filter per segment keeps lookups of absent blobs, the
+// common case in a backup, off the disk.
+
+// cacheVersion names the cache layout; a cache of another layout is rebuilt.
+const cacheVersion = 2
+
+var (
+	bucketMeta     = []byte("meta")
+	bucketFiles    = []byte("files")    // index file ID -> IDs it supersedes
+	bucketSegments = []byte("segments") // sequence number -> segment
+	keyVersion     = []byte("version")
+	keyBlobs       = []byte("blobs")  // in a segment: the sorted entries
+	keyFilter      = []byte("filter") // in a segment, written last
+)
+
+const (
+	// segmentMax bounds the entries sorted in memory for one new segment.
+	segmentMax = 1 << 18
+	// putBatch bounds the entries one write transaction holds in memory.
+	putBatch = 1 << 16
+	// mergeRatio: a segment is merged into its older neighbour once it holds
+	// at least 1/mergeRatio as many entries, keeping O(log n) segments.
+	mergeRatio = 4
+)
+
+type entry struct {
+	k key
+	v []byte // encodeLoc
+}
+
+type segment struct {
+	name   [8]byte
+	count  int
+	filter bloom
+}
+
+type cache struct {
+	db *bolt.DB
+
+	mu   sync.RWMutex // guards segs; lookups read it while a merge runs
+	segs []*segment   // oldest first
+
+	writeMu sync.Mutex // one writer of segments at a time
+	next    uint64     // sequence number of the next segment
+}
+
+func openCache(path string) (*cache, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	c, err := openCacheFile(path)
+	if err != nil && !errors.Is(err, bolt.ErrTimeout) {
+		// A damaged cache is worth nothing: start a new one.
+		if rmErr := os.Remove(path); rmErr == nil {
+			c, err = openCacheFile(path)
+		}
+	}
+	return c, err
+}
+
+func openCacheFile(path string) (*cache, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true})
+	if err != nil {
+		return nil, err
+	}
+	c := &cache{db: db}
+	if err := c.load(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// load reads the segments' filters, dropping segments a crash left unfinished
+// and the whole content when it has another layout.
+func (c *cache) load() error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil || !bytes.Equal(meta.Get(keyVersion), []byte{cacheVersion}) {
+			if err := resetBuckets(tx); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketMeta).Put(keyVersion, []byte{cacheVersion})
+		}
+		segs := tx.Bucket(bucketSegments)
+		var unfinished [][]byte
+		err := segs.ForEachBucket(func(name []byte) error {
+			b := segs.Bucket(name)
+			f := b.Get(keyFilter)
+			if f == nil {
+				unfinished = append(unfinished, slices.Clone(name))
+				return nil
+			}
+			s := &segment{filter: decodeBloom(f)}
+			copy(s.name[:], name)
+			s.count = b.Bucket(keyBlobs).Stats().KeyN
+			c.segs = append(c.segs, s)
+			c.next = max(c.next, binary.BigEndian.Uint64(name)+1)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, name := range unfinished {
+			if err := segs.DeleteBucket(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func resetBuckets(tx *bolt.Tx) error {
+	var names [][]byte
+	if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+		names = append(names, slices.Clone(name))
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := tx.DeleteBucket(name); err != nil {
+			return err
+		}
+	}
+	for _, b := range [][]byte{bucketMeta, bucketFiles, bucketSegments} {
+		if _, err := tx.CreateBucket(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reset forgets everything the cache holds.
+func (c *cache) reset() error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		if err := resetBuckets(tx); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keyVersion, []byte{cacheVersion})
+	})
+	c.mu.Lock()
+	c.segs = nil
+	c.mu.Unlock()
+	return err
+}
+
+func (c *cache) close() error { return c.db.Close() }
+
+// files returns the merged index files and what each supersedes.
+func (c *cache) files() (map[[32]byte][][32]byte, error) {
+	out := map[[32]byte][][32]byte{}
+	err := c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketFiles).ForEach(func(k, v []byte) error {
+			var id [32]byte
+			copy(id[:], k)
+			var sup [][32]byte
+			for ; len(v) >= 32; v = v[32:] {
+				var s [32]byte
+				copy(s[:], v)
+				sup = append(sup, s)
+			}
+			out[id] = sup
+			return nil
+		})
+	})
+	return out, err
+}
+
+// add stores entries as new segments and records files (index file ID ->
+// supersedes, already encoded) as merged, once all entries are durable.
+func (c *cache) add(entries []entry, files map[[32]byte][]byte) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	for len(entries) > 0 {
+		n := min(len(entries), segmentMax)
+		part := entries[:n]
+		entries = entries[n:]
+		slices.SortFunc(part, func(a, b entry) int { return bytes.Compare(a.k[:], b.k[:]) })
+		var done map[[32]byte][]byte
+		if len(entries) == 0 {
+			done = files
+		}
+		s, err := c.writeSegment(func(yield func(entry) error) error {
+			for i, e := range part {
+				if i > 0 && part[i-1].k == e.k {
+					continue
+				}
+				if err := yield(e); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, len(part), done)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.segs = append(c.segs, s)
+		c.mu.Unlock()
+	}
+	return c.compact()
+}
+
+// compact merges the newest segment into its older neighbour while that
+// neighbour is not much larger.
+func (c *cache) compact() error {
+	for {
+		c.mu.RLock()
+		n := len(c.segs)
+		var older, newer *segment
+		if n >= 2 {
+			older, newer = c.segs[n-2], c.segs[n-1]
+		}
+		c.mu.RUnlock()
+		if n < 2 || older.count > mergeRatio*newer.count {
+			return nil
+		}
+		s, err := c.merge(older, newer)
+		if err != nil {
+			return err
+		}
+		// Readers switch to the merged segment before the old ones go, so
+		// a lookup never finds neither; a crash in between leaves duplicates,
+		// which a later merge folds.
+		c.mu.Lock()
+		c.segs = append(c.segs[:n-2], s)
+		c.mu.Unlock()
+		err = c.db.Update(func(tx *bolt.Tx) error {
+			segs := tx.Bucket(bucketSegments)
+			for _, old := range []*segment{older, newer} {
+				if err := segs.DeleteBucket(old.name[:]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("drop merged index cache segments: %w", err)
+		}
+	}
+}
+
+// merge writes the union of a and b as one new segment.
+func (c *cache) merge(a, b *segment) (*segment, error) {
+	return c.writeSegment(func(yield func(entry) error) error {
+		// Cursors live in one read transaction per batch, so no transaction
+		// stays open long; each batch resumes after the last key it gave.
+		var last []byte
+		for {
+			var batch []entry
+			err := c.db.View(func(tx *bolt.Tx) error {
+				segs := tx.Bucket(bucketSegments)
+				ca := segs.Bucket(a.name[:]).Bucket(keyBlobs).Cursor()
+				cb := segs.Bucket(b.name[:]).Bucket(keyBlobs).Cursor()
+				ka, va := seekAfter(ca, last)
+				kb, vb := seekAfter(cb, last)
+				for len(batch) < putBatch && (ka != nil || kb != nil) {
+					var e entry
+					switch cmp := compareKeys(ka, kb); {
+					case cmp < 0:
+						copy(e.k[:], ka)
+						e.v = slices.Clone(va)
+						ka, va = ca.Next()
+					case cmp > 0:
+						copy(e.k[:], kb)
+						e.v = slices.Clone(vb)
+						kb, vb = cb.Next()
+					default: // in both: one location is as good as another
+						copy(e.k[:], ka)
+						e.v = slices.Clone(va)
+						ka, va = ca.Next()
+						kb, vb = cb.Next()
+					}
+					batch = append(batch, e)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if len(batch) == 0 {
+				return nil
+			}
+			for _, e := range batch {
+				if err := yield(e); err != nil {
+					return err
+				}
+			}
+			last = slices.Clone(batch[len(batch)-1].k[:])
+		}
+	}, a.count+b.count, nil)
+}
+
+// compareKeys orders keys with nil (an exhausted cursor) last.
+func compareKeys(a, b []byte) int {
+	switch {
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	return bytes.Compare(a, b)
+}
+
+func seekAfter(c *bolt.Cursor, last []byte) ([]byte, []byte) {
+	if last == nil {
+		return c.First()
+	}
+	k, v := c.Seek(last)
+	if k != nil && bytes.Equal(k, last) {
+		k, v = c.Next()
+	}
+	return k, v
+}
+
+// writeSegment writes the entries gen yields, in increasing key order, as a
+// new segment in transactions of putBatch entries. The last transaction
+// stores the filter, which marks the segment complete, and records files; a
+// crash before it leaves a segment that the next load drops.
+func (c *cache) writeSegment(gen func(yield func(entry) error) error, sizeHint int, files map[[32]byte][]byte) (*segment, error) {
+	s := &segment{filter: newBloom(sizeHint)}
+	binary.BigEndian.PutUint64(s.name[:], c.next)
+	c.next++
+	var batch []entry
+	flush := func() error {
+		err := c.db.Update(func(tx *bolt.Tx) error {
+			seg, err := tx.Bucket(bucketSegments).CreateBucketIfNotExists(s.name[:])
+			if err != nil {
+				return err
+			}
+			blobs, err := seg.CreateBucketIfNotExists(keyBlobs)
+			if err != nil {
+				return err
+			}
+			// Appends in key order: full pages, not half-empty ones.
+			blobs.FillPercent = 1
+			for i := range batch {
+				if err := blobs.Put(batch[i].k[:], batch[i].v); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		batch = batch[:0]
+		return err
+	}
+	err := gen(func(e entry) error {
+		s.filter.add(e.k)
+		s.count++
+		batch = append(batch, e)
+		if len(batch) == putBatch {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = c.db.Update(func(tx *bolt.Tx) error {
+			segs := tx.Bucket(bucketSegments)
+			seg, err := segs.CreateBucketIfNotExists(s.name[:])
+			if err != nil {
+				return err
+			}
+			if _, err := seg.CreateBucketIfNotExists(keyBlobs); err != nil {
+				return err
+			}
+			if err := seg.Put(keyFilter, s.filter.encode()); err != nil {
+				return err
+			}
+			fb := tx.Bucket(bucketFiles)
+			for id, sup := range files {
+				if err := fb.Put(slices.Clone(id[:]), sup); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write index cache segment: %w", err)
+	}
+	return s, nil
+}
+
+// get returns the stored location of k, newest segment first.
+func (c *cache) get(k key) ([]byte, bool) {
+	c.mu.RLock()
+	var maybe []*segment
+	for i := len(c.segs) - 1; i >= 0; i-- {
+		if c.segs[i].filter.has(k) {
+			maybe = append(maybe, c.segs[i])
+		}
+	}
+	c.mu.RUnlock()
+	if len(maybe) == 0 {
+		return nil, false
+	}
+	var out []byte
+	_ = c.db.View(func(tx *bolt.Tx) error {
+		segs := tx.Bucket(bucketSegments)
+		for _, s := range maybe {
+			seg := segs.Bucket(s.name[:])
+			if seg == nil {
+				continue // merged away since: a newer segment holds it
+			}
+			if v := seg.Bucket(keyBlobs).Get(k[:]); v != nil {
+				out = slices.Clone(v)
+				return nil
+			}
+		}
+		return nil
+	})
+	if out == nil && c.merged(maybe) {
+		// A merge replaced a segment between the two steps: ask again.
+		return c.get(k)
+	}
+	return out, out != nil
+}
+
+// merged reports whether any of segs is no longer current.
+func (c *cache) merged(segs []*segment) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, s := range segs {
+		if !slices.Contains(c.segs, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// each calls fn for every stored entry once, newest location first.
+func (c *cache) each(fn func(k key, v []byte) error) error {
+	c.writeMu.Lock() // no merge drops a segment under the walk
+	defer c.writeMu.Unlock()
+	c.mu.RLock()
+	segs := slices.Clone(c.segs)
+	c.mu.RUnlock()
+	return c.db.View(func(tx *bolt.Tx) error {
+		all := tx.Bucket(bucketSegments)
+		for i := len(segs) - 1; i >= 0; i-- {
+			err := all.Bucket(segs[i].name[:]).Bucket(keyBlobs).ForEach(func(kb, v []byte) error {
+				var k key
+				copy(k[:], kb)
+				for _, newer := range segs[i+1:] {
+					if newer.filter.has(k) && all.Bucket(newer.name[:]).Bucket(keyBlobs).Get(kb) != nil {
+						return nil // reported from the newer segment
+					}
+				}
+				return fn(k, v)
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
