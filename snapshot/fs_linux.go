@@ -199,7 +199,7 @@ func applyMeta(dirfd int, name string, n *Node) error {
 		}
 	}
 	if n.Type != TypeSymlink {
-		if err := unix.Fchmodat(dirfd, name, n.Mode&0o7777, 0); err != nil {
+		if err := chmodNoFollow(dirfd, name, n.Mode&0o7777); err != nil {
 			errs = append(errs, fmt.Errorf("chmod: %w", err))
 		}
 	}
@@ -210,6 +210,50 @@ func applyMeta(dirfd int, name string, n *Node) error {
 	}
 	times := []unix.Timespec{timespec(n.ATime), timespec(n.ModTime)}
 	if err := unix.UtimesNanoAt(dirfd, name, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		errs = append(errs, fmt.Errorf("set times: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// chmodNoFollow sets the mode of name in dirfd, never through a symlink
+// (something may have replaced the entry since it was made). Kernels
+// without fchmodat2 get a check that the entry is no symlink instead.
+func chmodNoFollow(dirfd int, name string, mode uint32) error {
+	err := unix.Fchmodat(dirfd, name, mode, unix.AT_SYMLINK_NOFOLLOW)
+	if err != unix.EOPNOTSUPP && err != unix.ENOSYS {
+		return err
+	}
+	st, serr := lstatAt(dirfd, name)
+	if serr != nil {
+		return serr
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return err // a symlink's mode cannot be set
+	}
+	return unix.Fchmodat(dirfd, name, mode, 0)
+}
+
+// applyMetaFd is applyMeta for an entry open as fd: whatever happens to its
+// name meanwhile, the metadata lands on the file that was written.
+func applyMetaFd(fd int, n *Node) error {
+	var errs []error
+	if isRoot {
+		if err := unix.Fchown(fd, int(n.UID), int(n.GID)); err != nil {
+			errs = append(errs, fmt.Errorf("chown: %w", err))
+		}
+	}
+	if err := unix.Fchmod(fd, n.Mode&0o7777); err != nil {
+		errs = append(errs, fmt.Errorf("chmod: %w", err))
+	}
+	for _, x := range n.Xattrs {
+		if err := unix.Fsetxattr(fd, string(x.Name), x.Value, 0); err != nil {
+			errs = append(errs, fmt.Errorf("set xattr %q: %w", x.Name, err))
+		}
+	}
+	// utimensat has no form for a bare descriptor; its /proc name leads to
+	// the open file itself.
+	times := []unix.Timespec{timespec(n.ATime), timespec(n.ModTime)}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), times, 0); err != nil {
 		errs = append(errs, fmt.Errorf("set times: %w", err))
 	}
 	return errors.Join(errs...)

@@ -119,6 +119,9 @@ func (t *Tree) Find(name []byte) *Node {
 func (t *Tree) Encode() ([]byte, error) { return json.Marshal(t) }
 
 // DecodeTree parses a tree blob, rejecting names a restore could misuse.
+// Names must be sorted and unique, as stored: a second entry of the same
+// name (a symlink, then a directory or file under that name) would let a
+// restore replace what it had just made.
 func DecodeTree(b []byte) (*Tree, error) {
 	var t Tree
 	if err := json.Unmarshal(b, &t); err != nil {
@@ -130,6 +133,14 @@ func DecodeTree(b []byte) (*Tree, error) {
 		}
 		if err := ValidName(n.Name); err != nil {
 			return nil, fmt.Errorf("decode tree: %w", err)
+		}
+		if i > 0 {
+			switch c := bytes.Compare(t.Nodes[i-1].Name, n.Name); {
+			case c == 0:
+				return nil, fmt.Errorf("decode tree: duplicate entry name %q", n.Name)
+			case c > 0:
+				return nil, fmt.Errorf("decode tree: entry %q is out of order (names must be sorted)", n.Name)
+			}
 		}
 		if n.Type == TypeDir && n.Subtree == nil {
 			return nil, fmt.Errorf("decode tree: directory %q has no subtree", n.Name)

@@ -95,6 +95,10 @@ func TestDecodeTreeRejects(t *testing.T) {
 		"bad xattr value":        `{"nodes":[{"name":"f","type":"file","xattrs":[{"name":"user.a","value":"!!"}]}]}`,
 		"negative size":          `{"nodes":[{"name":"f","type":"file","size":-1}]}`,
 		"second dir, no subtree": `{"nodes":[{"name":"d","type":"dir","subtree":` + sub + `},{"name":"e","type":"dir"}]}`,
+		// A restore would replace what it had just made: a symlink, then a
+		// directory of the same name to write through it.
+		"duplicate name": `{"nodes":[{"name":"l","type":"symlink","link":"/etc"},{"name":"l","type":"dir","subtree":` + sub + `}]}`,
+		"out of order":   `{"nodes":[{"name":"b","type":"file"},{"name":"a","type":"file"}]}`,
 	}
 	for name, tree := range cases {
 		if _, err := snapshot.DecodeTree([]byte(tree)); err == nil {

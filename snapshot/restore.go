@@ -373,8 +373,8 @@ func (r *restorer) restoreEntry(ctx context.Context, dfd int, path string, n *No
 				r.links[key] = strings.TrimPrefix(path, "/")
 			}
 			r.mu.Unlock()
-			// A path too long for one call falls back to a copy of the content.
-			if seen && unix.Linkat(r.target, first, dfd, name, 0) == nil {
+			// Should the first copy be gone, the content is written again.
+			if seen && r.linkTo(first, dfd, name) == nil {
 				r.count(func(s *RestoreStats) { s.Files++ })
 				r.files.Add(1)
 				return nil
@@ -425,18 +425,44 @@ func (r *restorer) restoreEntry(ctx context.Context, dfd int, path string, n *No
 	return applyMeta(dfd, name, n)
 }
 
+// linkTo makes name in dfd a hard link to first (a path from the target).
+// The path is walked one directory at a time, never through a symlink and
+// at any depth (a single linkat stops at PATH_MAX).
+func (r *restorer) linkTo(first string, dfd int, name string) error {
+	els := strings.Split(first, "/")
+	fd := r.target
+	defer func() {
+		if fd != r.target {
+			unix.Close(fd)
+		}
+	}()
+	for _, el := range els[:len(els)-1] {
+		nfd, err := unix.Openat(fd, el, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if fd != r.target {
+			unix.Close(fd)
+		}
+		fd = nfd
+	}
+	return unix.Linkat(fd, els[len(els)-1], dfd, name, 0)
+}
+
 func (r *restorer) worker(ctx context.Context) error {
 	var buf []byte
 	for job := range r.jobs {
 		var err error
 		buf, err = r.writeFile(ctx, job, buf)
-		unix.Close(job.fd)
 		if err == nil {
-			err = applyMeta(job.dirfd, job.name, job.node)
+			// Through the descriptor, not the name: a chmod by name would
+			// follow a symlink put there since the file was created.
+			err = applyMetaFd(job.fd, job.node)
 		} else {
 			// Never leave a file with wrong or partial content behind.
 			_ = unix.Unlinkat(job.dirfd, job.name, 0)
 		}
+		unix.Close(job.fd)
 		unix.Close(job.dirfd)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -489,18 +515,31 @@ func (r *restorer) writeFile(ctx context.Context, job restoreJob, buf []byte) ([
 	return buf, nil
 }
 
+// writeAt writes data at off of a new file. For a sparse file, pieces that
+// are all zeros are skipped (the file is new, so they read as zeros) and
+// pieces end at block boundaries of the file, not of the chunk: a chunk
+// starting mid-block must not allocate the blocks of the hole around it.
 func writeAt(fd int, data []byte, off int64, sparse bool) error {
 	if !sparse {
 		return pwriteAll(fd, data, off)
 	}
-	for len(data) > 0 {
-		n := min(len(data), blockSize)
-		if n < blockSize || !bytes.Equal(data[:n], zeroBlock[:]) {
-			if err := pwriteAll(fd, data[:n], off); err != nil {
+	run := -1 // start of the pending run of non-zero pieces
+	for i := 0; i < len(data); {
+		n := min(len(data)-i, blockSize-int((off+int64(i))%blockSize))
+		zero := bytes.Equal(data[i:i+n], zeroBlock[:n])
+		if zero && run >= 0 {
+			if err := pwriteAll(fd, data[run:i], off+int64(run)); err != nil {
 				return err
 			}
+			run = -1
 		}
-		data, off = data[n:], off+int64(n)
+		if !zero && run < 0 {
+			run = i
+		}
+		i += n
+	}
+	if run >= 0 {
+		return pwriteAll(fd, data[run:], off+int64(run))
 	}
 	return nil
 }

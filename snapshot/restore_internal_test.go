@@ -1,0 +1,105 @@
+package snapshot
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A chunk that starts mid-block must allocate only the blocks holding its
+// non-zero bytes: the zeros around an island stay holes.
+func TestWriteAtSparseAlignsToFileBlocks(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+
+	const off = 5*blockSize + 1000 // the chunk's offset in the file, not block-aligned
+	chunk := make([]byte, 20*blockSize)
+	island := chunk[8*blockSize+10 : 8*blockSize+30] // within file block 13
+	for i := range island {
+		island[i] = byte(i + 1)
+	}
+	if err := writeAt(fd, chunk, off, true); err != nil {
+		t.Fatal(err)
+	}
+	size := int64(off + len(chunk))
+	if err := unix.Ftruncate(fd, size); err != nil {
+		t.Fatal(err)
+	}
+
+	got := make([]byte, size)
+	if _, err := f.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[off:], chunk) || !bytes.Equal(got[:off], make([]byte, off)) {
+		t.Fatal("content differs from what was written")
+	}
+	start, err := unix.Seek(fd, 0, unix.SEEK_DATA)
+	if err != nil {
+		t.Skipf("SEEK_DATA: %v", err)
+	}
+	end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := (off + 8*blockSize + 10) / blockSize * blockSize
+	if start != int64(block) || end != int64(block+blockSize) {
+		t.Errorf("data at [%d, %d), want only the island's block [%d, %d)", start, end, block, block+blockSize)
+	}
+}
+
+// Metadata of a restored entry must never land on what a symlink put in
+// its place points to.
+func TestMetaNeverFollowsReplacedName(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("outside"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dirfd)
+	fd, err := unix.Openat(dirfd, "restored", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	// The name now leads elsewhere; the open file is what was written.
+	if err := os.Rename(filepath.Join(dir, "restored"), filepath.Join(dir, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(dir, "restored")); err != nil {
+		t.Fatal(err)
+	}
+	n := &Node{Name: Name("restored"), Type: TypeFile, Mode: 0o4711, UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	if err := applyMetaFd(fd, n); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o4711 {
+		t.Errorf("restored file: mode %o, want 4711", st.Mode&0o7777)
+	}
+	// By name, as for a FIFO or device: the symlink is refused, not followed.
+	fifo := &Node{Name: Name("restored"), Type: TypeFIFO, Mode: 0o6777}
+	if err := applyMeta(dirfd, "restored", fifo); err == nil {
+		t.Error("applyMeta on a symlink standing in for a FIFO: no error")
+	}
+	fi, err := os.Stat(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o644 || fi.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 {
+		t.Errorf("the symlink's target changed mode to %v", fi.Mode())
+	}
+}
