@@ -47,7 +47,9 @@ type Backend interface {
 	// Save stores size bytes read from r at h; r can be read again from the
 	// start by the caller, so a retry needs no buffer.
 	Save(ctx context.Context, h Handle, r io.ReaderAt, size int64) error
-	// Load calls fn with length bytes from offset (length 0: to the end).
+	// Load calls fn with length bytes from offset (length 0: to the end). fn
+	// may be called more than once: a retried Load hands it a new reader from
+	// offset, so fn must start over rather than keep what an earlier call read.
 	Load(ctx context.Context, h Handle, offset, length int64, fn func(io.Reader) error) error
 	Stat(ctx context.Context, h Handle) (FileInfo, error)
 	// List calls fn for every file of type t, in no particular order.

@@ -58,9 +58,8 @@ go_dep() {
 }
 
 install_go_deps() {
-	# None yet. For example:
-	# go_dep minio github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
-	:
+	# S3 server for repo/s3 (about 5 minutes cold; see test-servers.md §2).
+	go_dep minio github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
 }
 
 install_apt_deps
