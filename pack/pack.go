@@ -4,13 +4,18 @@
 package pack
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 
 	"github.com/cairn-backup/cairn/crypto"
 	"github.com/cairn-backup/cairn/repo"
+	"github.com/zeebo/blake3"
 )
 
 const (
@@ -22,36 +27,95 @@ const (
 
 var headerAD = []byte("cairn pack header")
 
-// Writer assembles one pack in memory.
+// Writer assembles one pack, in memory (NewWriter) or in an unlinked
+// temporary file (NewFileWriter), which keeps 16 MiB data packs out of the
+// heap.
 type Writer struct {
 	Type  repo.BlobType
-	buf   []byte
+	buf   []byte // memory: the pack so far
+	file  *os.File
+	bw    *bufio.Writer
+	hash  *blake3.Hasher
+	size  int
 	blobs []repo.PackedBlob
+	err   error // the first write error of a file Writer
 }
 
-// NewWriter starts a pack for blobs of type t, reusing buf's memory.
+// NewWriter starts a pack for blobs of type t in memory, reusing buf's memory.
 func NewWriter(t repo.BlobType, buf []byte) *Writer {
 	return &Writer{Type: t, buf: buf[:0]}
+}
+
+// NewFileWriter starts a pack for blobs of type t in a temporary file in dir
+// (empty: the system's), removed from the directory at once so that nothing
+// outlives the process.
+func NewFileWriter(t repo.BlobType, dir string) (*Writer, error) {
+	f, err := os.CreateTemp(dir, "cairn-pack-")
+	if err != nil {
+		return nil, fmt.Errorf("temporary pack file: %w", err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("temporary pack file: %w", err)
+	}
+	return &Writer{Type: t, file: f, bw: bufio.NewWriterSize(f, 256<<10), hash: crypto.NewHasher()}, nil
 }
 
 // Add appends a sealed blob.
 func (w *Writer) Add(id repo.ID, sealed []byte, rawLength int) {
 	w.blobs = append(w.blobs, repo.PackedBlob{
-		Type: w.Type, ID: id, Offset: uint32(len(w.buf)),
+		Type: w.Type, ID: id, Offset: uint32(w.size),
 		Length: uint32(len(sealed)), RawLength: uint32(rawLength),
 	})
-	w.buf = append(w.buf, sealed...)
+	w.write(sealed)
+}
+
+func (w *Writer) write(b []byte) {
+	w.size += len(b)
+	if w.file == nil {
+		w.buf = append(w.buf, b...)
+		return
+	}
+	_, _ = w.hash.Write(b)
+	if w.err == nil {
+		_, w.err = w.bw.Write(b)
+	}
 }
 
 // Size is the number of blob bytes so far.
-func (w *Writer) Size() int { return len(w.buf) }
+func (w *Writer) Size() int { return w.size }
 
 // Count is the number of blobs so far.
 func (w *Writer) Count() int { return len(w.blobs) }
 
-// Finish appends the sealed header and its length and returns the whole pack
-// and its blobs. It decodes the header it sealed before handing it out.
-func (w *Writer) Finish(key *crypto.Key) ([]byte, []repo.PackedBlob, error) {
+// Discard releases a Writer that will not be finished.
+func (w *Writer) Discard() {
+	if w.file != nil {
+		w.file.Close()
+	}
+}
+
+// Finished is a complete pack, ready to be stored.
+type Finished struct {
+	ID    repo.ID // the hash of Data: the pack's file name
+	Size  int64
+	Data  io.ReaderAt
+	Blobs []repo.PackedBlob
+	file  *os.File
+}
+
+// Close releases the pack's temporary file, if any.
+func (f *Finished) Close() error {
+	if f.file != nil {
+		return f.file.Close()
+	}
+	return nil
+}
+
+// Finish appends the sealed header and its length and returns the whole
+// pack. It decodes the header it sealed before handing it out. The Writer
+// is used up either way.
+func (w *Writer) Finish(key *crypto.Key) (*Finished, error) {
 	plain := make([]byte, 0, 2+recordSize*len(w.blobs))
 	plain = append(plain, 0, headerVersion) // encoding byte: raw; IDs do not compress
 	for _, b := range w.blobs {
@@ -61,17 +125,31 @@ func (w *Writer) Finish(key *crypto.Key) ([]byte, []repo.PackedBlob, error) {
 		plain = binary.LittleEndian.AppendUint32(plain, b.RawLength)
 		plain = append(plain, 0, 0, 0, 0)
 	}
-	hdrOff := len(w.buf)
-	w.buf = key.Seal(w.buf, plain, headerAD)
-	w.buf = binary.LittleEndian.AppendUint32(w.buf, uint32(len(w.buf)-hdrOff))
-	got, err := ParseTrailer(key, w.buf, int64(len(w.buf)))
+	trailer := key.Seal(nil, plain, headerAD)
+	trailer = binary.LittleEndian.AppendUint32(trailer, uint32(len(trailer)))
+	w.write(trailer)
+	size := int64(w.size)
+	got, err := ParseTrailer(key, trailer, size)
+	if err == nil && len(got) != len(w.blobs) {
+		err = errors.New("blob count differs")
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("verify pack header: %w", err)
+		w.Discard()
+		return nil, fmt.Errorf("verify pack header: %w", err)
 	}
-	if len(got) != len(w.blobs) {
-		return nil, nil, errors.New("verify pack header: blob count differs")
+	if w.file == nil {
+		return &Finished{ID: repo.ID(crypto.Hash(w.buf)), Size: size, Data: bytes.NewReader(w.buf), Blobs: w.blobs}, nil
 	}
-	return w.buf, w.blobs, nil
+	if w.err == nil {
+		w.err = w.bw.Flush()
+	}
+	if w.err != nil {
+		w.Discard()
+		return nil, fmt.Errorf("write temporary pack file: %w", w.err)
+	}
+	var id repo.ID
+	w.hash.Sum(id[:0])
+	return &Finished{ID: id, Size: size, Data: w.file, Blobs: w.blobs, file: w.file}, nil
 }
 
 // TrailerSize returns how many bytes at the end of a pack of packSize bytes

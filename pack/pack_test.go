@@ -44,7 +44,14 @@ type testPack struct {
 
 func buildPack(t testing.TB, key *crypto.Key, bt repo.BlobType, sizes []int) testPack {
 	t.Helper()
+	// Data packs are built in a file and tree packs in memory, as Store does.
 	w := pack.NewWriter(bt, nil)
+	if bt == repo.DataBlob {
+		var err error
+		if w, err = pack.NewFileWriter(bt, t.TempDir()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var p testPack
 	for i, n := range sizes {
 		plain := random(int64(i), n)
@@ -58,11 +65,19 @@ func buildPack(t testing.TB, key *crypto.Key, bt repo.BlobType, sizes []int) tes
 	if w.Count() != len(sizes) {
 		t.Fatalf("Count %d, want %d", w.Count(), len(sizes))
 	}
-	data, blobs, err := w.Finish(key)
+	f, err := w.Finish(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.data, p.blobs = data, blobs
+	defer f.Close()
+	data := make([]byte, f.Size)
+	if _, err := f.Data.ReadAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if f.ID != repo.ID(crypto.Hash(data)) {
+		t.Fatalf("pack ID %s is not the hash of its %d bytes", f.ID.Short(), f.Size)
+	}
+	p.data, p.blobs = data, f.Blobs
 	return p
 }
 

@@ -1,7 +1,6 @@
 package pack
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,7 +29,7 @@ type Store struct {
 	stats    Stats
 	dryRun   bool
 
-	bufs sync.Pool // pack buffers
+	tempDir string // for data packs being filled; empty: the system's
 }
 
 // Stats counts what SaveBlob stored.
@@ -49,10 +48,8 @@ type Options struct {
 // NewStore returns a Store over r with index idx.
 func NewStore(r *repo.Repo, idx *index.Index) *Store {
 	cfg := r.Config()
-	s := &Store{r: r, idx: idx, key: r.Key(), comp: cfg.Compression, psize: cfg.PackSize,
+	return &Store{r: r, idx: idx, key: r.Key(), comp: cfg.Compression, psize: cfg.PackSize,
 		inflight: map[[33]byte]struct{}{}}
-	s.bufs.New = func() any { return make([]byte, 0, s.psize+s.psize/8) }
-	return s
 }
 
 // Index returns the store's index.
@@ -100,6 +97,16 @@ func (s *Store) WithUploader(ctx context.Context, opts Options, fn func(context.
 	}
 	fnErr := func() error {
 		if err := fn(wctx); err != nil {
+			// Blobs in unfinished packs were never stored.
+			for t := range s.packers {
+				s.mu.Lock()
+				w := s.packers[t]
+				s.packers[t] = nil
+				s.mu.Unlock()
+				if w != nil {
+					s.forget(w)
+				}
+			}
 			return err
 		}
 		// Hand the partial packs to the uploaders.
@@ -147,6 +154,7 @@ func (s *Store) send(ctx context.Context, w *Writer) error {
 // forget drops the inflight marks of a pack that will not be stored, so its
 // blobs are not reported as known by a later SaveBlob.
 func (s *Store) forget(w *Writer) {
+	w.Discard()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, b := range w.blobs {
@@ -154,41 +162,45 @@ func (s *Store) forget(w *Writer) {
 	}
 }
 
+func (s *Store) forgetKey(k [33]byte) {
+	s.mu.Lock()
+	delete(s.inflight, k)
+	s.mu.Unlock()
+}
+
 func (s *Store) store(ctx context.Context, w *Writer) error {
-	data, blobs, err := w.Finish(s.key)
+	p, err := w.Finish(s.key)
 	if err != nil {
 		s.forget(w)
 		return err
 	}
-	id := repo.ID(crypto.Hash(data))
-	h := repo.Handle{Type: repo.PackFile, Name: id.String()}
-	if err := s.r.Backend().Save(ctx, h, bytes.NewReader(data), int64(len(data))); err != nil {
+	defer p.Close()
+	h := repo.Handle{Type: repo.PackFile, Name: p.ID.String()}
+	if err := s.r.Backend().Save(ctx, h, p.Data, p.Size); err != nil {
 		s.forget(w)
-		return fmt.Errorf("store pack %s: %w", id.Short(), err)
+		return fmt.Errorf("store pack %s: %w", p.ID.Short(), err)
 	}
-	s.idx.Add(id, blobs)
+	s.idx.Add(p.ID, p.Blobs)
 	s.mu.Lock()
-	for _, b := range blobs {
+	for _, b := range p.Blobs {
 		delete(s.inflight, inflightKey(b.Type, b.ID))
 	}
 	s.stats.Packs++
 	s.mu.Unlock()
-	if cap(data) >= s.psize {
-		s.bufs.Put(data[:0])
-	}
 	if s.idx.Unsaved() >= index.FlushEvery {
 		return s.idx.Flush(ctx, s.r)
 	}
 	return nil
 }
 
-// newWriter starts a pack of type t. Tree packs rarely fill: they grow from
-// a small buffer instead of holding a whole pack's worth of memory.
-func (s *Store) newWriter(t repo.BlobType) *Writer {
+// newWriter starts a pack of type t. Data packs go to a temporary file,
+// so the packs in flight cost no heap; tree packs rarely fill and grow from
+// a small buffer.
+func (s *Store) newWriter(t repo.BlobType) (*Writer, error) {
 	if t == repo.TreeBlob {
-		return NewWriter(t, make([]byte, 0, 64<<10))
+		return NewWriter(t, make([]byte, 0, 64<<10)), nil
 	}
-	return NewWriter(t, s.bufs.Get().([]byte))
+	return NewFileWriter(t, s.tempDir)
 }
 
 func inflightKey(t repo.BlobType, id repo.ID) (k [33]byte) {
@@ -244,7 +256,11 @@ func (s *Store) SaveBlob(ctx context.Context, t repo.BlobType, data []byte) (id 
 	s.mu.Lock()
 	w := s.packers[t]
 	if w == nil {
-		w = s.newWriter(t)
+		if w, err = s.newWriter(t); err != nil {
+			s.mu.Unlock()
+			s.forgetKey(k)
+			return id, false, err
+		}
 		s.packers[t] = w
 	}
 	w.Add(id, *sealp, len(data))

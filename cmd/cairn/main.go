@@ -36,7 +36,7 @@ func main() {
 	// The working set is bounded (packs and chunks in flight), so a soft limit
 	// keeps garbage from doubling the resident size; GOMEMLIMIT overrides it.
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(128 << 20)
+		debug.SetMemoryLimit(80 << 20)
 	}
 	os.Exit(run(os.Args, os.Stderr))
 }
