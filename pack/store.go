@@ -29,7 +29,8 @@ type Store struct {
 	stats    Stats
 	dryRun   bool
 
-	tempDir string // for data packs being filled; empty: the system's
+	tempDir     string // for data packs being filled; empty: the system's
+	connections int    // packs stored at once
 }
 
 // Stats counts what SaveBlob stored.
@@ -42,14 +43,14 @@ type Stats struct {
 
 // Options tune a Store; zero values take defaults.
 type Options struct {
-	Uploaders int // packs stored at once (default 2)
+	Uploaders int // packs stored at once (default: SetConnections, else 2)
 }
 
 // NewStore returns a Store over r with index idx.
 func NewStore(r *repo.Repo, idx *index.Index) *Store {
 	cfg := r.Config()
 	return &Store{r: r, idx: idx, key: r.Key(), comp: cfg.Compression, psize: cfg.PackSize,
-		inflight: map[[33]byte]struct{}{}}
+		inflight: map[[33]byte]struct{}{}, connections: 2}
 }
 
 // Index returns the store's index.
@@ -65,6 +66,13 @@ func (s *Store) Stats() Stats {
 	return s.stats
 }
 
+// SetConnections sets how many packs WithUploader stores at once.
+func (s *Store) SetConnections(n int) {
+	s.mu.Lock()
+	s.connections = n
+	s.mu.Unlock()
+}
+
 // SetDryRun makes SaveBlob count new blobs without storing them.
 func (s *Store) SetDryRun(on bool) {
 	s.mu.Lock()
@@ -78,7 +86,7 @@ func (s *Store) SetDryRun(on bool) {
 // a later backup reuses them.
 func (s *Store) WithUploader(ctx context.Context, opts Options, fn func(context.Context) error) error {
 	if opts.Uploaders <= 0 {
-		opts.Uploaders = 2
+		opts.Uploaders = max(1, s.connections)
 	}
 	wg, wctx := errgroup.WithContext(ctx)
 	uploads := make(chan *Writer)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -60,11 +61,11 @@ func runInit(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := be.Create(); err != nil {
+	if err := be.create(c.Context); err != nil {
 		return fmt.Errorf("create repository %s: %w", c.String("repo"), err)
 	}
 	r, err := repo.Init(c.Context, be, pw, repo.InitOptions{Compression: comp, Polynomial: pol})
-	if err == repo.ErrRepositoryExists {
+	if errors.Is(err, repo.ErrRepositoryExists) {
 		return fmt.Errorf("repository %s already exists", c.String("repo"))
 	}
 	if err != nil {

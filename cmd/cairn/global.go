@@ -15,6 +15,8 @@ import (
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
 	"github.com/cairn-backup/cairn/repo/local"
+	"github.com/cairn-backup/cairn/repo/retry"
+	"github.com/cairn-backup/cairn/repo/s3"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
@@ -30,6 +32,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cache-dir", EnvVars: []string{"CAIRN_CACHE_DIR"},
 			Usage: "local cache `DIR` (default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn)"},
 		&cli.BoolFlag{Name: "no-cache", Usage: "do not use a local cache"},
+		&cli.IntFlag{Name: "connections", Usage: "transfers to the repository at once, `N` (default: 5 for S3, 2 for a local directory)"},
 		&cli.BoolFlag{Name: "json", Usage: "machine-readable output on stdout"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only errors"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print more"},
@@ -38,11 +41,10 @@ func globalFlags() []cli.Flag {
 
 // location is a parsed repository URL.
 type location struct {
-	kind string // "local"
+	kind string // "local" or "s3"
 	path string
+	s3   s3.Config
 }
-
-var errS3NotSupported = errors.New("s3 repositories are not supported yet")
 
 // parseLocation reads a --repo value: a plain path, local:PATH or s3:URL.
 func parseLocation(s string) (location, error) {
@@ -50,7 +52,12 @@ func parseLocation(s string) (location, error) {
 	case s == "":
 		return location{}, errors.New("no repository given: use -r/--repo or CAIRN_REPOSITORY")
 	case strings.HasPrefix(s, "s3:"):
-		return location{}, errS3NotSupported
+		cfg, err := s3.ParseURL(s)
+		if err != nil {
+			return location{}, err
+		}
+		cfg.FromEnv(os.Getenv)
+		return location{kind: "s3", s3: cfg}, nil
 	case strings.HasPrefix(s, "local:"):
 		p := strings.TrimPrefix(s, "local:")
 		if p == "" {
@@ -61,13 +68,56 @@ func parseLocation(s string) (location, error) {
 	return location{kind: "local", path: s}, nil
 }
 
-// openBackend returns the backend named by --repo.
-func openBackend(c *cli.Context) (*local.Backend, error) {
+// backend is an opened repository location.
+type backend struct {
+	repo.Backend // behind the retry wrapper
+	// create makes the location ready for init: the directory layout or
+	// the bucket.
+	create func(context.Context) error
+}
+
+// openBackend returns the backend named by --repo. Nothing is contacted yet.
+func openBackend(c *cli.Context) (*backend, error) {
 	loc, err := parseLocation(c.String("repo"))
 	if err != nil {
 		return nil, err
 	}
-	return local.Open(loc.path)
+	ropts := retry.Options{}
+	if c.Bool("verbose") {
+		ropts.Notify = func(op string, err error, wait time.Duration) {
+			fmt.Fprintf(os.Stderr, "cairn: %s failed, retrying in %s: %v\n", op, wait.Round(time.Millisecond), err)
+		}
+	}
+	switch loc.kind {
+	case "s3":
+		sb, err := s3.Open(loc.s3)
+		if err != nil {
+			return nil, err
+		}
+		create := func(ctx context.Context) error {
+			return retry.Do(ctx, ropts, "create bucket", func() error { return sb.Create(ctx) })
+		}
+		return &backend{Backend: retry.New(sb, ropts), create: create}, nil
+	default:
+		lb, err := local.Open(loc.path)
+		if err != nil {
+			return nil, err
+		}
+		create := func(context.Context) error { return lb.Create() }
+		return &backend{Backend: retry.New(lb, ropts), create: create}, nil
+	}
+}
+
+// connections is --connections, or the default for the kind of repository:
+// S3 hides latency behind more requests at once, a local disk does not.
+func connections(c *cli.Context) int {
+	if n := c.Int("connections"); n > 0 {
+		return n
+	}
+	if strings.HasPrefix(c.String("repo"), "s3:") {
+		return 5
+	}
+	return 2
 }
 
 // noRepository is the error for a location without a repository.
@@ -230,7 +280,9 @@ func withStore(c *cli.Context, lock bool, fn func(ctx context.Context, r *repo.R
 				return fmt.Errorf("load index: %w", err)
 			}
 			defer idx.Close()
-			return fn(ctx, r, pack.NewStore(r, idx))
+			store := pack.NewStore(r, idx)
+			store.SetConnections(connections(c))
+			return fn(ctx, r, store)
 		}
 		if !lock {
 			return run(ctx)
