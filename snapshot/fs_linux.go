@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -250,10 +251,7 @@ func applyMetaFd(fd int, n *Node) error {
 			errs = append(errs, fmt.Errorf("set xattr %q: %w", x.Name, err))
 		}
 	}
-	// utimensat has no form for a bare descriptor; its /proc name leads to
-	// the open file itself.
-	times := []unix.Timespec{timespec(n.ATime), timespec(n.ModTime)}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), times, 0); err != nil {
+	if err := futimens(fd, [2]unix.Timespec{timespec(n.ATime), timespec(n.ModTime)}); err != nil {
 		errs = append(errs, fmt.Errorf("set times: %w", err))
 	}
 	return errors.Join(errs...)
@@ -265,4 +263,14 @@ func timespec(t time.Time) unix.Timespec {
 	}
 	// Seconds and nanoseconds apart: UnixNano overflows outside 1678–2262.
 	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}
+
+// futimens sets the times of the file open as fd: utimensat with a NULL
+// path acts on the descriptor itself, which x/sys/unix has no wrapper for.
+func futimens(fd int, ts [2]unix.Timespec) error {
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }

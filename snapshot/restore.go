@@ -2,11 +2,13 @@ package snapshot
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,7 +75,9 @@ type restorer struct {
 	store      *pack.Store
 	opts       RestoreOptions
 	incl, excl *Patterns
-	jobs       chan restoreJob
+	jobs       chan []restoreJob
+	batch      []restoreJob // files created by the walk, not yet handed to a worker
+	batchBytes uint64
 
 	mu       sync.Mutex
 	stats    RestoreStats
@@ -119,7 +123,7 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 
 	start := time.Now()
 	stopProgress := r.startProgress(start)
-	r.jobs = make(chan restoreJob)
+	r.jobs = make(chan []restoreJob)
 	g, gctx := errgroup.WithContext(ctx)
 	for range opts.Workers {
 		g.Go(func() error { return r.worker(gctx) })
@@ -127,7 +131,11 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 	g.Go(func() error {
 		defer close(r.jobs)
 		root := &dirState{fd: r.target, path: ""}
-		return r.restoreDir(gctx, root, sn.Tree, r.incl.Empty())
+		if err := r.restoreDir(gctx, root, sn.Tree, r.incl.Empty()); err != nil {
+			r.dropBatch()
+			return err
+		}
+		return r.sendBatch(gctx)
 	})
 	err = g.Wait()
 	stopProgress()
@@ -389,14 +397,12 @@ func (r *restorer) restoreEntry(ctx context.Context, dfd int, path string, n *No
 			unix.Close(fd)
 			return err
 		}
-		select {
-		case r.jobs <- restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n}:
-			return nil
-		case <-ctx.Done():
-			unix.Close(fd)
-			unix.Close(dup)
-			return ctx.Err()
+		r.batch = append(r.batch, restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n})
+		r.batchBytes += n.Size
+		if len(r.batch) >= batchFiles || r.batchBytes >= batchBytes {
+			return r.sendBatch(ctx)
 		}
+		return nil
 	case TypeSymlink:
 		if err := unix.Symlinkat(string(n.Link), dfd, name); err != nil {
 			return fmt.Errorf("symlink: %w", err)
@@ -449,71 +455,195 @@ func (r *restorer) linkTo(first string, dfd int, name string) error {
 	return unix.Linkat(fd, els[len(els)-1], dfd, name, 0)
 }
 
+// A batch is a run of files in tree order. Backups store blobs in that
+// order, so a batch's blobs lie in few packs, close together: a worker reads
+// each such stretch once rather than one blob at a time.
+const (
+	batchFiles = 128      // open files waiting in one batch (two descriptors each)
+	batchBytes = 8 << 20  // content bytes in one batch
+	spanMax    = 4 << 20  // bytes read from a pack at once
+	spanGap    = 64 << 10 // unneeded bytes worth reading through rather than seeking past
+)
+
+// sendBatch hands the files created so far to a worker.
+func (r *restorer) sendBatch(ctx context.Context) error {
+	if len(r.batch) == 0 {
+		return nil
+	}
+	b := r.batch
+	r.batch, r.batchBytes = nil, 0
+	select {
+	case r.jobs <- b:
+		return nil
+	case <-ctx.Done():
+		closeJobs(b, true)
+		return ctx.Err()
+	}
+}
+
+// dropBatch removes the files of a batch that will never be written.
+func (r *restorer) dropBatch() {
+	closeJobs(r.batch, true)
+	r.batch, r.batchBytes = nil, 0
+}
+
+func closeJobs(jobs []restoreJob, remove bool) {
+	for _, j := range jobs {
+		if remove {
+			_ = unix.Unlinkat(j.dirfd, j.name, 0)
+		}
+		unix.Close(j.fd)
+		unix.Close(j.dirfd)
+	}
+}
+
+// need is one blob of one file: where it is stored and where it goes.
+type need struct {
+	blob repo.PackedBlob
+	job  int   // index in the batch
+	off  int64 // offset in the file
+}
+
 func (r *restorer) worker(ctx context.Context) error {
-	var buf []byte
-	for job := range r.jobs {
+	var span, plain []byte
+	for batch := range r.jobs {
 		var err error
-		buf, err = r.writeFile(ctx, job, buf)
+		if span, plain, err = r.writeBatch(ctx, batch, span, plain); err != nil {
+			// Cancelled: the remaining batches only need their files removed.
+			for b := range r.jobs {
+				closeJobs(b, true)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// writeBatch writes the content of a batch's files, reading the packs in
+// order, then finishes each file. Only a cancellation is returned; a file
+// that fails is reported and removed.
+func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, plain []byte) ([]byte, []byte, error) {
+	failed := make([]error, len(batch))
+	lengths := make([][]int, len(batch))
+	var needs []need
+	for i, job := range batch {
+		var off int64
+		for _, id := range job.node.Content {
+			e, ok := r.store.Index().Lookup(repo.DataBlob, id)
+			if !ok {
+				failed[i] = fmt.Errorf("data blob %s: %w", id.Short(), pack.ErrBlobNotFound)
+				break
+			}
+			needs = append(needs, need{blob: e, job: i, off: off})
+			lengths[i] = append(lengths[i], int(e.RawLength))
+			off += int64(e.RawLength)
+		}
+		if failed[i] == nil && uint64(off) != job.node.Size {
+			failed[i] = fmt.Errorf("content is %d bytes, the snapshot says %d", off, job.node.Size)
+		}
+	}
+	slices.SortFunc(needs, func(a, b need) int {
+		if c := bytes.Compare(a.blob.Pack[:], b.blob.Pack[:]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.blob.Offset, b.blob.Offset)
+	})
+	be, key := r.store.Repo().Backend(), r.store.Repo().Key()
+	for i := 0; i < len(needs); {
+		if err := ctx.Err(); err != nil {
+			closeJobs(batch, true)
+			return span, plain, err
+		}
+		// A stretch of one pack: blobs close together, up to spanMax.
+		first := needs[i].blob
+		start, end := int64(first.Offset), int64(first.Offset)+int64(first.Length)
+		j := i + 1
+		for ; j < len(needs); j++ {
+			e := needs[j].blob
+			eEnd := int64(e.Offset) + int64(e.Length)
+			if e.Pack != first.Pack || int64(e.Offset) > end+spanGap || max(end, eEnd)-start > spanMax {
+				break
+			}
+			end = max(end, eEnd)
+		}
+		h := repo.Handle{Type: repo.PackFile, Name: first.Pack.String()}
+		var err error
+		span, err = repo.ReadAt(ctx, be, h, start, int(end-start), span)
+		if err != nil {
+			err = fmt.Errorf("read pack %s: %w", first.Pack.Short(), err)
+		}
+		var last repo.ID
+		haveLast := false
+		for _, nd := range needs[i:j] {
+			if failed[nd.job] != nil {
+				continue
+			}
+			if err != nil {
+				failed[nd.job] = err
+				continue
+			}
+			// The same blob twice in a row (dedup within the batch) is opened once.
+			if !haveLast || nd.blob.ID != last {
+				haveLast = false
+				rel := int64(nd.blob.Offset) - start
+				plain, err = pack.OpenBlob(key, nd.blob, span[rel:rel+int64(nd.blob.Length)], plain)
+				if err != nil {
+					failed[nd.job] = err
+					err = nil
+					continue
+				}
+				last, haveLast = nd.blob.ID, true
+			}
+			job := batch[nd.job]
+			if werr := writeAt(job.fd, plain, nd.off, job.node.Sparse); werr != nil {
+				failed[nd.job] = werr
+				continue
+			}
+			r.bytes.Add(int64(len(plain)))
+		}
+		i = j
+	}
+	for i, job := range batch {
+		err := failed[i]
 		if err == nil {
-			// Through the descriptor, not the name: a chmod by name would
-			// follow a symlink put there since the file was created.
-			err = applyMetaFd(job.fd, job.node)
-		} else {
+			err = r.finishFile(job, lengths[i])
+		}
+		if err != nil {
 			// Never leave a file with wrong or partial content behind.
 			_ = unix.Unlinkat(job.dirfd, job.name, 0)
+			r.fail(job.path, err)
+		} else {
+			r.files.Add(1)
+			r.count(func(s *RestoreStats) {
+				s.Files++
+				s.Bytes += int64(job.node.Size)
+			})
 		}
 		unix.Close(job.fd)
 		unix.Close(job.dirfd)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			r.fail(job.path, err)
-			continue
-		}
-		r.files.Add(1)
-		r.count(func(s *RestoreStats) {
-			s.Files++
-			s.Bytes += int64(job.node.Size)
-		})
 	}
-	return nil
+	return span, plain, nil
+}
+
+// finishFile sets a written file's length and metadata, after verifying its
+// content when asked.
+func (r *restorer) finishFile(job restoreJob, lengths []int) error {
+	if err := unix.Ftruncate(job.fd, int64(job.node.Size)); err != nil {
+		return fmt.Errorf("truncate: %w", err)
+	}
+	if r.opts.Verify {
+		if err := r.verify(job, lengths); err != nil {
+			return err
+		}
+	}
+	// Through the descriptor, not the name: a chmod by name would follow a
+	// symlink put there since the file was created.
+	return applyMetaFd(job.fd, job.node)
 }
 
 const blockSize = 4096
 
 var zeroBlock [blockSize]byte
-
-// writeFile writes a file's content at its offsets. A sparse file's zero
-// blocks are skipped, so they stay holes.
-func (r *restorer) writeFile(ctx context.Context, job restoreJob, buf []byte) ([]byte, error) {
-	var off int64
-	var lengths []int
-	for _, id := range job.node.Content {
-		var err error
-		if buf, err = r.store.LoadBlob(ctx, repo.DataBlob, id, buf); err != nil {
-			return buf, err
-		}
-		if err := writeAt(job.fd, buf, off, job.node.Sparse); err != nil {
-			return buf, err
-		}
-		off += int64(len(buf))
-		lengths = append(lengths, len(buf))
-		r.bytes.Add(int64(len(buf)))
-	}
-	if err := unix.Ftruncate(job.fd, off); err != nil {
-		return buf, fmt.Errorf("truncate: %w", err)
-	}
-	if uint64(off) != job.node.Size {
-		return buf, fmt.Errorf("content is %d bytes, the snapshot says %d", off, job.node.Size)
-	}
-	if r.opts.Verify {
-		if err := r.verify(job, lengths); err != nil {
-			return buf, err
-		}
-	}
-	return buf, nil
-}
 
 // writeAt writes data at off of a new file. For a sparse file, pieces that
 // are all zeros are skipped (the file is new, so they read as zeros) and
