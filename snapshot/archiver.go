@@ -139,7 +139,11 @@ type archiver struct {
 
 	files chan fileJob
 	blobs chan blobJob
-	bufs  sync.Pool
+	// walkers holds a token per directory walked on its own goroutine;
+	// walking counts those goroutines, which may send to files.
+	walkers chan struct{}
+	walking sync.WaitGroup
+	bufs    sync.Pool
 
 	mu      sync.Mutex
 	summary Summary
@@ -262,8 +266,10 @@ func (a *archiver) run(ctx context.Context, start time.Time, parentTree *Tree) (
 
 	var rootTree *Tree
 	var paths []string
+	a.walkers = make(chan struct{}, min(8, 2*runtime.GOMAXPROCS(0)))
 	g.Go(func() error {
 		defer close(a.files)
+		defer a.walking.Wait() // no walker may send to a closed files
 		var err error
 		if a.opts.Stdin != nil {
 			rootTree, err = a.archiveStdin(gctx)
@@ -529,11 +535,14 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 		return resolved(nil), nil
 	}
 	n := nodeFromStat([]byte(name), &st)
-	if n.Xattrs, err = readXattrs(dirfd, name); err != nil {
-		a.report(path, err) // the entry itself is kept
-	}
 	if prev != nil && prev.Type != n.Type {
 		prev = nil
+	}
+	if prev != nil && !a.opts.Force && sameInode(n, prev) {
+		// Setting an xattr changes ctime: the parent's list still holds.
+		n.Xattrs = prev.Xattrs
+	} else if n.Xattrs, err = readXattrs(dirfd, name); err != nil {
+		a.report(path, err) // the entry itself is kept
 	}
 	switch n.Type {
 	case TypeSymlink:
@@ -567,8 +576,33 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 			a.report(path, err)
 			return resolved(nil), nil
 		}
-		defer unix.Close(fd)
-		return a.saveDir(ctx, fd, path, n, prevTree, dev, prev)
+		select {
+		case a.walkers <- struct{}{}:
+			// A free walker takes the directory: trees of many small
+			// directories are walked on several cores.
+			out := newFuture()
+			a.walking.Add(1)
+			go func() {
+				defer a.walking.Done()
+				defer func() { <-a.walkers }()
+				defer unix.Close(fd)
+				f, err := a.saveDir(ctx, fd, path, n, prevTree, dev, prev)
+				if err != nil {
+					a.fail(err)
+					out.resolve(nil)
+					return
+				}
+				go func() {
+					node, _ := f.wait(ctx)
+					out.tree = f.tree
+					out.resolve(node)
+				}()
+			}()
+			return out, nil
+		default:
+			defer unix.Close(fd)
+			return a.saveDir(ctx, fd, path, n, prevTree, dev, prev)
+		}
 	default:
 		a.nfiles.Add(1)
 		a.count(prev, prev != nil && prev.Rdev != n.Rdev)
@@ -626,8 +660,11 @@ func (a *archiver) saveDir(ctx context.Context, fd int, path string, n *Node, pr
 				t.Nodes = append(t.Nodes, c)
 			}
 		}
-		id, err := SaveTree(ctx, a.store, t)
-		if err != nil {
+		var id repo.ID
+		if prevTree != nil && prev != nil && t.Equal(prevTree) {
+			// Unchanged: the parent's tree blob, loaded a moment ago, is this one.
+			id = *prev.Subtree
+		} else if id, err = SaveTree(ctx, a.store, t); err != nil {
 			a.fail(fmt.Errorf("save tree of %s: %w", path, err))
 			out.resolve(nil)
 			return
@@ -661,12 +698,18 @@ func (a *archiver) saveDir(ctx context.Context, fd int, path string, n *Node, pr
 	return out, nil
 }
 
+// sameInode reports whether prev describes the same, unmodified inode as n:
+// same inode number, size, mtime and ctime.
+func sameInode(n, prev *Node) bool {
+	return prev.Size == n.Size && prev.Inode == n.Inode &&
+		prev.ModTime.Equal(n.ModTime) && prev.CTime.Equal(n.CTime)
+}
+
 // unchanged reports whether the parent's node for a file can stand in for
-// reading it again: same size, mtime, ctime and inode, and all its content
-// still in the index.
+// reading it again: the same inode, unmodified, and all its content still
+// in the index.
 func (a *archiver) unchanged(n, prev *Node) bool {
-	if prev == nil || a.opts.Force || prev.Size != n.Size || prev.Inode != n.Inode ||
-		!prev.ModTime.Equal(n.ModTime) || !prev.CTime.Equal(n.CTime) {
+	if prev == nil || a.opts.Force || !sameInode(n, prev) {
 		return false
 	}
 	idx := a.store.Index()

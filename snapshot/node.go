@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 	"unicode/utf8"
@@ -99,6 +100,27 @@ type Node struct {
 // Tree is one directory listing, stored as a tree blob.
 type Tree struct {
 	Nodes []*Node `json:"nodes"`
+}
+
+// Equal reports whether n and o describe the same entry: every field,
+// times as instants. A tree whose nodes all equal its parent's is that tree.
+func (n *Node) Equal(o *Node) bool {
+	return bytes.Equal(n.Name, o.Name) && n.Type == o.Type && n.Mode == o.Mode &&
+		n.UID == o.UID && n.GID == o.GID && n.User == o.User && n.Group == o.Group &&
+		n.Size == o.Size && n.ModTime.Equal(o.ModTime) && n.ATime.Equal(o.ATime) &&
+		n.CTime.Equal(o.CTime) && n.Inode == o.Inode && n.DeviceID == o.DeviceID &&
+		n.Links == o.Links && n.Rdev == o.Rdev && bytes.Equal(n.Link, o.Link) &&
+		slices.Equal(n.Content, o.Content) &&
+		(n.Subtree == nil) == (o.Subtree == nil) && (n.Subtree == nil || *n.Subtree == *o.Subtree) &&
+		slices.EqualFunc(n.Xattrs, o.Xattrs, func(a, b Xattr) bool {
+			return bytes.Equal(a.Name, b.Name) && bytes.Equal(a.Value, b.Value)
+		}) &&
+		n.Sparse == o.Sparse
+}
+
+// Equal reports whether t and o hold equal nodes in the same order.
+func (t *Tree) Equal(o *Tree) bool {
+	return slices.EqualFunc(t.Nodes, o.Nodes, (*Node).Equal)
 }
 
 // Sort orders nodes by name bytes, as stored.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -281,4 +282,62 @@ func FuzzDecodeTree(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestNodeEqualSeesEveryField: changing any field of a node makes it differ,
+// so an unchanged-directory shortcut can never keep stale metadata. A field
+// added to Node without a case in Equal fails here.
+func TestNodeEqualSeesEveryField(t *testing.T) {
+	id := repo.ID{1}
+	base := func() *snapshot.Node {
+		sub := repo.ID{2}
+		return &snapshot.Node{
+			Name: snapshot.Name("n"), Type: snapshot.TypeFile, Mode: 0o644, UID: 1, GID: 2,
+			User: "u", Group: "g", Size: 3, ModTime: time.Unix(4, 5), ATime: time.Unix(6, 7),
+			CTime: time.Unix(8, 9), Inode: 10, DeviceID: 11, Links: 12, Rdev: 13,
+			Link: snapshot.Name("l"), Content: []repo.ID{id}, Subtree: &sub,
+			Xattrs: []snapshot.Xattr{{Name: snapshot.Name("user.a"), Value: []byte("v")}}, Sparse: false,
+		}
+	}
+	if !base().Equal(base()) {
+		t.Fatal("equal nodes differ")
+	}
+	// The same instant in another zone is the same time.
+	z := base()
+	z.ModTime = z.ModTime.In(time.FixedZone("x", 3600))
+	if !z.Equal(base()) {
+		t.Fatal("the same mtime in another zone differs")
+	}
+	typ := reflect.TypeOf(snapshot.Node{})
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		n := base()
+		v := reflect.ValueOf(n).Elem().Field(i)
+		switch v.Kind() {
+		case reflect.String:
+			v.SetString(v.String() + "x")
+		case reflect.Uint32, reflect.Uint64:
+			v.SetUint(v.Uint() + 1)
+		case reflect.Bool:
+			v.SetBool(!v.Bool())
+		case reflect.Slice:
+			switch f.Name {
+			case "Content":
+				n.Content = []repo.ID{{9}}
+			case "Xattrs":
+				n.Xattrs[0].Value = []byte("w")
+			default:
+				v.SetBytes(append(v.Bytes(), 'x'))
+			}
+		case reflect.Pointer:
+			n.Subtree = &id
+		case reflect.Struct: // time.Time
+			v.Set(reflect.ValueOf(v.Interface().(time.Time).Add(time.Nanosecond)))
+		default:
+			t.Fatalf("field %s of kind %s: teach this test to change it", f.Name, v.Kind())
+		}
+		if n.Equal(base()) || base().Equal(n) {
+			t.Errorf("a change of %s is not seen by Equal", f.Name)
+		}
+	}
 }
