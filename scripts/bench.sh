@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Times cairn against restic (and borg when present) on the same generated
+# data, interleaved, ROUNDS rounds, and prints medians and ratios.
+#
+#   scripts/bench.sh                          # 1 GiB / 20k files, 3 rounds
+#   BENCH_SIZE_MB=100 BENCH_FILES=2000 ROUNDS=1 scripts/bench.sh   # smoke run
+#
+# Knobs: BENCH_DIR (work dir, default /tmp/cairn-bench; datasets are reused
+# while their parameters match), BENCH_SIZE_MB, BENCH_FILES, ROUNDS,
+# BENCH_TOOLS (default "cairn restic borg"; a missing peer is installed from
+# Debian when possible, else left out), BENCH_SRC (real files to copy, comma
+# separated). Runs are warm-cache: the machine's page cache is not dropped.
+#
+# Steps, each on a fresh repository per round and tool:
+#   first      first backup of the tree
+#   unchanged  second backup of the same tree
+#   night2     backup after ~3% of the files changed and 50 were added
+#   restore    restore of the night-2 snapshot into an empty directory
+#   shift0     backup of a 200 MiB random file
+#   shift1     backup of the same file with 1 byte inserted at the start
+#              and 10 in the middle (growth shows dedup of shifted data)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BENCH_DIR=${BENCH_DIR:-/tmp/cairn-bench}
+BENCH_SIZE_MB=${BENCH_SIZE_MB:-1024}
+BENCH_FILES=${BENCH_FILES:-20000}
+ROUNDS=${ROUNDS:-3}
+BENCH_TOOLS=${BENCH_TOOLS:-"cairn restic borg"}
+BENCH_SRC=${BENCH_SRC:-/usr/share,/usr/lib,/usr/local/go,$HOME/go/pkg/mod}
+SHIFT_MB=200
+PASSWORD=bench-password
+
+log() { echo "bench: $*" >&2; }
+
+# --- tools -------------------------------------------------------------------
+
+make --no-print-directory build >/dev/null
+CAIRN=$PWD/bin/cairn
+
+apt_install() {
+	[[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 1
+	DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 \
+		install --no-install-recommends "$@" >/dev/null 2>&1
+}
+[[ -x /usr/bin/time ]] || apt_install time || { log "GNU time (/usr/bin/time) is needed"; exit 1; }
+tools=()
+for t in $BENCH_TOOLS; do
+	case $t in
+	cairn) tools+=(cairn) ;;
+	restic) { command -v restic >/dev/null || apt_install restic; } && tools+=(restic) || log "restic unavailable: left out" ;;
+	borg) { command -v borg >/dev/null || apt_install borgbackup; } && tools+=(borg) || log "borg unavailable: left out" ;;
+	*) log "unknown tool $t"; exit 1 ;;
+	esac
+done
+
+# --- datasets ----------------------------------------------------------------
+
+data=$BENCH_DIR/data
+params="size=$BENCH_SIZE_MB files=$BENCH_FILES src=$BENCH_SRC"
+if [[ $(cat "$data/params" 2>/dev/null) != "$params" ]]; then
+	log "generating datasets in $data ($params)"
+	rm -rf "$data"
+	mkdir -p "$data"
+	go run ./scripts/gendata tree -dst "$data/night1" -files "$BENCH_FILES" -mb "$BENCH_SIZE_MB" -src "$BENCH_SRC"
+	go run ./scripts/gendata night2 -src "$data/night1" -dst "$data/night2" -percent 3 -seed 2
+	go run ./scripts/gendata random -dst "$data/shift0/big.bin" -mb $SHIFT_MB -seed 3
+	go run ./scripts/gendata shift -src "$data/shift0/big.bin" -dst "$data/shift1/big.bin"
+	echo "$params" >"$data/params"
+fi
+# Each tool backs up one path, "tree" or "shift", so that its second night
+# finds the first night's snapshot as parent; the nights are swapped in by
+# renaming their directories, which keeps every file's inode and ctime.
+tree=$BENCH_DIR/tree
+shiftdir=$BENCH_DIR/shift
+swap_in() { # swap_in PLACE NAME: PLACE becomes data/NAME; what was there goes back
+	local place=$1 name=$2
+	if [[ -e $place ]]; then
+		mv -T "$place" "$data/$(cat "$place.name")"
+	fi
+	mv -T "$data/$name" "$place"
+	echo "$name" >"$place.name"
+}
+restore_data() {
+	for place in "$tree" "$shiftdir"; do
+		[[ -e $place ]] && mv -T "$place" "$data/$(cat "$place.name")"
+		rm -f "$place.name"
+	done
+	return 0
+}
+trap restore_data EXIT
+restore_data
+
+# --- one timed step ------------------------------------------------------------
+
+results=$BENCH_DIR/results.tsv # tool step round wall cpu rss_kib repo_bytes
+: >"$results"
+work=$BENCH_DIR/work
+
+# run_step TOOL STEP ROUND CMD...: runs CMD under /usr/bin/time and records it.
+run_step() {
+	local tool=$1 step=$2 round=$3
+	shift 3
+	local tf=$work/time.txt
+	if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" >"$work/out.txt" 2>"$work/err.txt"; then
+		log "$tool $step failed: $*"
+		tail -5 "$work/err.txt" >&2
+		exit 1
+	fi
+	local wall user sys rss size
+	read -r wall user sys rss < <(tail -1 "$tf")
+	size=$(du -sb "$work/$tool-repo" | cut -f1)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$step" "$round" "$wall" \
+		"$(awk "BEGIN{print $user + $sys}")" "$rss" "$size" >>"$results"
+	printf '  %-6s %-9s wall %7.2f s  rss %5d MiB  repo %6d MiB\n' "$tool" "$step" "$wall" $((rss / 1024)) $((size >> 20)) >&2
+}
+
+backup() { # backup TOOL STEP ROUND PATH
+	local tool=$1 step=$2 round=$3 path=$4
+	case $tool in
+	cairn) run_step "$tool" "$step" "$round" "$CAIRN" backup -q "$path" ;;
+	restic) run_step "$tool" "$step" "$round" restic backup -q "$path" ;;
+	borg) run_step "$tool" "$step" "$round" borg create "$work/borg-repo::$step-$round" "$path" ;;
+	esac
+}
+
+restore() { # restore TOOL ROUND
+	local tool=$1 round=$2 target=$work/restore
+	rm -rf "$target" && mkdir -p "$target"
+	case $tool in
+	cairn) run_step "$tool" restore "$round" "$CAIRN" restore latest --target "$target" -q ;;
+	restic) run_step "$tool" restore "$round" restic restore latest --target "$target" -q ;;
+	borg) (cd "$target" && run_step "$tool" restore "$round" borg extract "$work/borg-repo::night2-$round") ;;
+	esac
+	local want got
+	want=$(find "$tree" -type f | wc -l)
+	got=$(find "$target" -type f | wc -l)
+	if [[ $want != "$got" ]]; then
+		log "$tool restore: $got files, want $want"
+		exit 1
+	fi
+	rm -rf "$target"
+}
+
+init() { # init TOOL
+	local tool=$1
+	rm -rf "${work:?}/$tool-repo" "$work/$tool-cache"
+	case $tool in
+	cairn) "$CAIRN" init -q ;;
+	restic) restic init -q >/dev/null ;;
+	borg) borg init -e repokey "$work/borg-repo" >/dev/null 2>&1 ;;
+	esac
+}
+
+export CAIRN_REPOSITORY=$work/cairn-repo CAIRN_CACHE_DIR=$work/cairn-cache CAIRN_PASSWORD=$PASSWORD
+export RESTIC_REPOSITORY=$work/restic-repo RESTIC_CACHE_DIR=$work/restic-cache RESTIC_PASSWORD=$PASSWORD
+export BORG_REPO=$work/borg-repo BORG_CACHE_DIR=$work/borg-cache BORG_CONFIG_DIR=$work/borg-config \
+	BORG_PASSPHRASE=$PASSWORD BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+mkdir -p "$work"
+
+for round in $(seq 1 "$ROUNDS"); do
+	log "round $round of $ROUNDS"
+	for tool in "${tools[@]}"; do
+		init "$tool"
+		swap_in "$tree" night1
+		backup "$tool" first "$round" "$tree"
+		backup "$tool" unchanged "$round" "$tree"
+		swap_in "$tree" night2
+		backup "$tool" night2 "$round" "$tree"
+		restore "$tool" "$round"
+		init "$tool"
+		swap_in "$shiftdir" shift0
+		backup "$tool" shift0 "$round" "$shiftdir"
+		swap_in "$shiftdir" shift1
+		backup "$tool" shift1 "$round" "$shiftdir"
+	done
+done
+restore_data
+
+# --- report ------------------------------------------------------------------
+
+report=$BENCH_DIR/results.md
+python3 - "$results" "$report" "${tools[@]}" <<'PY'
+import statistics, sys
+path, out, tools = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+med = {}
+for tool in tools:
+    for step in ("first", "unchanged", "night2", "restore", "shift0", "shift1"):
+        rs = [r for r in rows if r[0] == tool and r[1] == step]
+        if rs:
+            col = lambda i: statistics.median(float(r[i]) for r in rs)
+            med[tool, step] = dict(wall=col(3), cpu=col(4), rss=col(5) / 1024, repo=col(6) / 2**20, n=len(rs))
+peers = [t for t in tools if t != "cairn"]
+lines = ["| step | tool | wall s | CPU s | peak RSS MiB | repo MiB |", "|---|---|---|---|---|---|"]
+for step in ("first", "unchanged", "night2", "restore", "shift0", "shift1"):
+    for tool in tools:
+        m = med.get((tool, step))
+        if m:
+            lines.append(f"| {step} | {tool} | {m['wall']:.2f} | {m['cpu']:.2f} | {m['rss']:.0f} | {m['repo']:.1f} |")
+lines += ["", "| step | cairn/best peer, wall | cairn/leanest peer, RSS |", "|---|---|---|"]
+for step in ("first", "unchanged", "night2", "restore", "shift1"):
+    c = med.get(("cairn", step))
+    ps = [med[p, step] for p in peers if (p, step) in med]
+    if c and ps:
+        w = c["wall"] / min(p["wall"] for p in ps)
+        r = c["rss"] / min(p["rss"] for p in ps)
+        lines.append(f"| {step} | {w:.2f} | {r:.2f} |")
+c = lambda s: med.get(("cairn", s))
+if c("first") and c("unchanged"):
+    lines += ["", "cairn against its own targets:",
+              f"- unchanged re-backup: {100 * c('unchanged')['wall'] / c('first')['wall']:.1f}% of the first backup's wall time (target < 10%)",
+              f"- peak RSS of the first backup: {c('first')['rss']:.0f} MiB (target < 200 MiB)"]
+if c("shift0") and c("shift1"):
+    growth = c("shift1")["repo"] - c("shift0")["repo"]
+    lines.append(f"- shifted 200 MiB file: repository grew {growth:.1f} MiB = {100 * growth / 200:.1f}% (target < 5%)")
+text = "\n".join(lines) + "\n"
+open(out, "w").write(text)
+print(text)
+PY
+log "table written to $report"
