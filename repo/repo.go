@@ -90,7 +90,7 @@ func Init(ctx context.Context, be Backend, password []byte, opts InitOptions) (*
 	r := &Repo{be: be, key: crypto.NewRandomKey()}
 	r.cfg = Config{
 		Version: FormatVersion, Polynomial: pol,
-		ChunkMin: 512 << 10, ChunkAvgBits: 20, ChunkMax: 8 << 20,
+		ChunkMin: 512 << 10, ChunkAvgBits: 19, ChunkMax: 8 << 20,
 		PackSize: 16 << 20, Compression: opts.Compression,
 	}
 	if _, err := rand.Read(r.cfg.ID[:]); err != nil {
