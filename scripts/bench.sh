@@ -9,7 +9,8 @@
 # while their parameters match), BENCH_SIZE_MB, BENCH_FILES, ROUNDS,
 # BENCH_TOOLS (default "cairn restic borg"; a missing peer is installed from
 # Debian when possible, else left out), BENCH_SRC (real files to copy, comma
-# separated). Runs are warm-cache: the machine's page cache is not dropped.
+# separated). Runs are warm-cache: the machine's page cache is not dropped,
+# but dirty pages are synced before every step.
 #
 # Steps, each on a fresh repository per round and tool:
 #   first      first backup of the tree
@@ -102,6 +103,9 @@ run_step() {
 	local tool=$1 step=$2 round=$3
 	shift 3
 	local tf=$work/time.txt
+	# Earlier steps' dirty pages are written out first, so that no step
+	# pays for another's writeback.
+	sync
 	if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" >"$work/out.txt" 2>"$work/err.txt"; then
 		log "$tool $step failed: $*"
 		tail -5 "$work/err.txt" >&2
