@@ -188,6 +188,13 @@ func (s *Store) store(ctx context.Context, w *Writer) error {
 		s.forget(w)
 		return fmt.Errorf("store pack %s: %w", p.ID.Short(), err)
 	}
+	if c := s.r.Cache(); c != nil && w.Type == repo.TreeBlob {
+		// The next backup walks these trees again: keep them at hand.
+		data := make([]byte, p.Size)
+		if _, err := p.Data.ReadAt(data, 0); err == nil {
+			c.Put(h, data)
+		}
+	}
 	s.idx.Add(p.ID, p.Blobs)
 	s.mu.Lock()
 	for _, b := range p.Blobs {
@@ -298,15 +305,52 @@ func (s *Store) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID, buf [
 	if !ok {
 		return nil, fmt.Errorf("%s blob %s: %w", t, id.Short(), ErrBlobNotFound)
 	}
+	h := repo.Handle{Type: repo.PackFile, Name: e.Pack.String()}
+	if c := s.r.Cache(); c != nil && t == repo.TreeBlob {
+		if plain, err := s.loadCached(ctx, c, h, e, buf); err == nil {
+			return plain, nil
+		}
+		// A damaged copy or a failed download: the repository decides.
+	}
 	encp := scratch.Get().(*[]byte)
 	defer scratch.Put(encp)
-	sealed, err := repo.ReadAt(ctx, s.r.Backend(), repo.Handle{Type: repo.PackFile, Name: e.Pack.String()},
-		int64(e.Offset), int(e.Length), *encp)
+	sealed, err := repo.ReadAt(ctx, s.r.Backend(), h, int64(e.Offset), int(e.Length), *encp)
 	if err != nil {
 		return nil, fmt.Errorf("read %s blob %s from pack %s: %w", t, id.Short(), e.Pack.Short(), err)
 	}
 	*encp = sealed
 	return OpenBlob(s.key, e, sealed, buf)
+}
+
+// loadCached reads a blob from the cached copy of its pack, downloading the
+// whole pack first when there is none: tree packs are small, and the next
+// directory's tree is usually in the same one.
+func (s *Store) loadCached(ctx context.Context, c *repo.FileCache, h repo.Handle, e repo.PackedBlob, buf []byte) ([]byte, error) {
+	if f, ok := c.Open(h); ok {
+		defer f.Close()
+		sealed := make([]byte, e.Length)
+		if _, err := f.ReadAt(sealed, int64(e.Offset)); err != nil {
+			c.Remove(h)
+			return nil, err
+		}
+		plain, err := OpenBlob(s.key, e, sealed, buf)
+		if err != nil {
+			c.Remove(h)
+		}
+		return plain, err
+	}
+	data, err := repo.ReadAll(ctx, s.r.Backend(), h)
+	if err != nil {
+		return nil, err
+	}
+	if repo.ID(crypto.Hash(data)) != e.Pack {
+		return nil, fmt.Errorf("pack %s: content does not match its id", e.Pack.Short())
+	}
+	if int64(e.Offset)+int64(e.Length) > int64(len(data)) {
+		return nil, fmt.Errorf("pack %s: blob beyond its end", e.Pack.Short())
+	}
+	c.Put(h, data)
+	return OpenBlob(s.key, e, data[e.Offset:e.Offset+e.Length], buf)
 }
 
 // OpenBlob decrypts and checks one sealed blob described by e.

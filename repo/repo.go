@@ -48,6 +48,7 @@ type Repo struct {
 	key   *crypto.Key
 	keyID ID
 	cfg   Config
+	cache *FileCache // nil: none
 }
 
 // InitOptions are the choices fixed when a repository is created.
@@ -226,6 +227,13 @@ func (r *Repo) Config() Config   { return r.cfg }
 func (r *Repo) Location() string { return r.be.Location() }
 func (r *Repo) Close() error     { return r.be.Close() }
 
+// SetCache makes r keep copies of snapshots and index files (and the pack
+// store, of tree packs) in c.
+func (r *Repo) SetCache(c *FileCache) { r.cache = c }
+
+// Cache returns the file cache, or nil.
+func (r *Repo) Cache() *FileCache { return r.cache }
+
 func (r *Repo) seal(plain []byte, t FileType) []byte {
 	enc := Encode(make([]byte, 0, len(plain)/2+64), plain, CompressAuto)
 	return r.key.Seal(make([]byte, 0, len(enc)+crypto.Overhead), enc, []byte(t))
@@ -248,20 +256,34 @@ func (r *Repo) saveSealed(ctx context.Context, h Handle, plain []byte) error {
 func (r *Repo) SaveFile(ctx context.Context, t FileType, plain []byte) (ID, error) {
 	sealed := r.seal(plain, t)
 	id := ID(crypto.Hash(sealed))
-	if err := r.be.Save(ctx, Handle{Type: t, Name: id.String()}, bytes.NewReader(sealed), int64(len(sealed))); err != nil {
+	h := Handle{Type: t, Name: id.String()}
+	if err := r.be.Save(ctx, h, bytes.NewReader(sealed), int64(len(sealed))); err != nil {
 		return ID{}, fmt.Errorf("save %s/%s: %w", t, id.Short(), err)
+	}
+	if r.cache != nil && cached(t) {
+		r.cache.Put(h, sealed)
 	}
 	return id, nil
 }
 
 // LoadFile loads, verifies and decrypts t/id.
 func (r *Repo) LoadFile(ctx context.Context, t FileType, id ID) ([]byte, error) {
-	sealed, err := ReadAll(ctx, r.be, Handle{Type: t, Name: id.String()})
-	if err != nil {
-		return nil, fmt.Errorf("load %s/%s: %w", t, id.Short(), err)
+	h := Handle{Type: t, Name: id.String()}
+	sealed, ok := []byte(nil), false
+	if r.cache != nil && cached(t) {
+		sealed, ok = r.cache.Get(h)
 	}
-	if ID(crypto.Hash(sealed)) != id {
-		return nil, fmt.Errorf("load %s/%s: content does not match its id", t, id)
+	if !ok {
+		var err error
+		if sealed, err = ReadAll(ctx, r.be, h); err != nil {
+			return nil, fmt.Errorf("load %s/%s: %w", t, id.Short(), err)
+		}
+		if ID(crypto.Hash(sealed)) != id {
+			return nil, fmt.Errorf("load %s/%s: content does not match its id", t, id)
+		}
+		if r.cache != nil && cached(t) {
+			r.cache.Put(h, sealed)
+		}
 	}
 	plain, err := r.open(sealed, t)
 	if err != nil {

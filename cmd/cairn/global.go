@@ -242,6 +242,9 @@ func openRepo(ctx context.Context, c *cli.Context) (*repo.Repo, error) {
 	if err != nil {
 		return nil, err
 	}
+	if dir := cacheDir(c); dir != "" {
+		r.SetCache(repo.NewFileCache(filepath.Join(dir, r.Config().ID.String())))
+	}
 	return r, nil
 }
 
