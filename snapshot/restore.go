@@ -36,7 +36,8 @@ type RestoreOptions struct {
 	Overwrite string // OverwriteAlways (default), OverwriteIfChanged, OverwriteNever
 	Delete    bool   // remove files in the target that the snapshot lacks
 	Reporter  Reporter
-	// Workers is how many files are written at once (default: cores, at least 2).
+	// Workers is how many batches of files are written at once (default:
+	// twice the cores, at least 4: creating files waits on the journal).
 	Workers int
 }
 
@@ -81,7 +82,8 @@ type restorer struct {
 
 	mu       sync.Mutex
 	stats    RestoreStats
-	links    map[[2]uint64]string // hard-link group → path of the first restored copy, from the target
+	links    map[[2]uint64]string // hard-link group → path of its first name, from the target
+	later    []pendingLink        // the other names of hard-link groups
 	dirsDone []*dirState          // directories in post-order, for their metadata
 	bytes    atomic.Int64
 	files    atomic.Int64
@@ -102,7 +104,7 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 		return RestoreStats{}, fmt.Errorf("invalid --overwrite %q: want always, if-changed or never", opts.Overwrite)
 	}
 	if opts.Workers <= 0 {
-		opts.Workers = max(2, runtime.GOMAXPROCS(0))
+		opts.Workers = max(4, 2*runtime.GOMAXPROCS(0))
 	}
 	r := &restorer{store: store, opts: opts, links: map[[2]uint64]string{}}
 	var err error
@@ -138,6 +140,9 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 		return r.sendBatch(gctx)
 	})
 	err = g.Wait()
+	if err == nil {
+		err = r.makeLinks(ctx)
+	}
 	stopProgress()
 	if err != nil {
 		return r.stats, err
@@ -150,14 +155,7 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 			d.fd = -1
 		}
 	}
-	for _, d := range r.dirsDone {
-		if d.node == nil {
-			continue
-		}
-		if err := r.withParent(d, func(pfd int) error { return applyMeta(pfd, d.name, d.node) }); err != nil {
-			r.fail(d.path, err)
-		}
-	}
+	r.applyDirMeta()
 	if r.stats.Errors > 0 {
 		return r.stats, fmt.Errorf("%d entries: %w", r.stats.Errors, ErrRestoreIncomplete)
 	}
@@ -207,30 +205,105 @@ func (r *restorer) count(f func(s *RestoreStats)) {
 	r.mu.Unlock()
 }
 
-// withParent opens d's parent chain from the target and calls fn with the
-// parent's descriptor.
-func (r *restorer) withParent(d *dirState, fn func(int) error) error {
-	var chain []string
-	for p := d.parent; p != nil && p.node != nil; p = p.parent {
-		chain = append(chain, p.name)
+// dirChain opens directories of the target one below the other, keeping the
+// descriptors of the last chain: callers that go in tree order open each
+// directory about once, rather than walking down from the target each time.
+type dirChain struct {
+	target int
+	chain  []*dirState // open directories from the target down
+	fds    []int
+}
+
+func (c *dirChain) closeFrom(k int) {
+	for _, fd := range c.fds[k:] {
+		unix.Close(fd)
 	}
-	fd := r.target
-	for i := len(chain) - 1; i >= 0; i-- {
-		nfd, err := unix.Openat(fd, chain[i], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if fd != r.target {
-			unix.Close(fd)
+	c.chain, c.fds = c.chain[:k], c.fds[:k]
+}
+
+// open returns a descriptor of d, valid until the next call.
+func (c *dirChain) open(d *dirState) (int, error) {
+	var want []*dirState
+	for p := d; p != nil && p.node != nil; p = p.parent {
+		want = append(want, p)
+	}
+	slices.Reverse(want)
+	k := 0
+	for k < len(c.chain) && k < len(want) && c.chain[k] == want[k] {
+		k++
+	}
+	c.closeFrom(k)
+	for _, p := range want[k:] {
+		pfd := c.target
+		if len(c.fds) > 0 {
+			pfd = c.fds[len(c.fds)-1]
+		}
+		// O_NOFOLLOW: a symlink planted on the way leads nowhere.
+		fd, err := unix.Openat(pfd, p.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, err
+		}
+		c.chain, c.fds = append(c.chain, p), append(c.fds, fd)
+	}
+	if len(c.fds) == 0 {
+		return c.target, nil
+	}
+	return c.fds[len(c.fds)-1], nil
+}
+
+// applyDirMeta sets the metadata of every restored directory, deepest first.
+func (r *restorer) applyDirMeta() {
+	c := &dirChain{target: r.target}
+	defer c.closeFrom(0)
+	for _, d := range r.dirsDone {
+		if d.node == nil {
+			continue
+		}
+		pfd, err := c.open(d.parent)
+		if err == nil {
+			err = applyMeta(pfd, d.name, d.node)
 		}
 		if err != nil {
-			return err
+			r.fail(d.path, err)
 		}
-		fd = nfd
 	}
-	defer func() {
-		if fd != r.target {
-			unix.Close(fd)
+}
+
+// pendingLink is a later name of a hard-link group, linked once the first
+// name's content is written.
+type pendingLink struct {
+	dir   *dirState
+	name  string
+	path  string
+	first string // path of the first name, from the target
+	node  *Node
+}
+
+// makeLinks creates the later names of hard-link groups. A group whose first
+// name could not be written gets its content written here instead.
+func (r *restorer) makeLinks(ctx context.Context) error {
+	c := &dirChain{target: r.target}
+	defer c.closeFrom(0)
+	for _, l := range r.later {
+		dfd, err := c.open(l.dir)
+		if err == nil {
+			if err = r.linkTo(l.first, dfd, l.name); err == nil {
+				r.files.Add(1)
+				r.count(func(s *RestoreStats) { s.Files++ })
+				continue
+			}
+			var dup int
+			if dup, err = unix.Dup(dfd); err == nil {
+				job := []restoreJob{{dirfd: dup, name: l.name, fd: -1, path: l.path, node: l.node}}
+				if _, _, err = r.writeBatch(ctx, job, nil, nil); err != nil {
+					return err
+				}
+				continue
+			}
 		}
-	}()
-	return fn(fd)
+		r.fail(l.path, err)
+	}
+	return nil
 }
 
 // open makes sure d exists in the target and returns its descriptor.
@@ -320,7 +393,7 @@ func (r *restorer) restoreDir(ctx context.Context, d *dirState, id repo.ID, all 
 			r.fail(p, err)
 			continue
 		}
-		if err := r.restoreEntry(ctx, dfd, p, n); err != nil {
+		if err := r.restoreEntry(ctx, d, dfd, p, n); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -361,7 +434,7 @@ func (r *restorer) prepare(dfd int, name string, n *Node) (bool, error) {
 	return true, nil
 }
 
-func (r *restorer) restoreEntry(ctx context.Context, dfd int, path string, n *Node) error {
+func (r *restorer) restoreEntry(ctx context.Context, d *dirState, dfd int, path string, n *Node) error {
 	name := string(n.Name)
 	free, err := r.prepare(dfd, name, n)
 	if err != nil {
@@ -375,29 +448,19 @@ func (r *restorer) restoreEntry(ctx context.Context, dfd int, path string, n *No
 	case TypeFile:
 		if n.Links > 1 {
 			key := [2]uint64{n.DeviceID, n.Inode}
-			r.mu.Lock()
-			first, seen := r.links[key]
-			if !seen {
-				r.links[key] = strings.TrimPrefix(path, "/")
-			}
-			r.mu.Unlock()
-			// Should the first copy be gone, the content is written again.
-			if seen && r.linkTo(first, dfd, name) == nil {
-				r.count(func(s *RestoreStats) { s.Files++ })
-				r.files.Add(1)
+			if first, seen := r.links[key]; seen {
+				// Linked when the first name's content is written.
+				r.later = append(r.later, pendingLink{dir: d, name: name, path: path, first: first, node: n})
 				return nil
 			}
+			r.links[key] = strings.TrimPrefix(path, "/")
 		}
-		fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err != nil {
-			return fmt.Errorf("create: %w", err)
-		}
+		// Creating a file waits on the journal: the workers do it, in parallel.
 		dup, err := unix.Dup(dfd)
 		if err != nil {
-			unix.Close(fd)
 			return err
 		}
-		r.batch = append(r.batch, restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n})
+		r.batch = append(r.batch, restoreJob{dirfd: dup, name: name, fd: -1, path: path, node: n})
 		r.batchBytes += n.Size
 		if len(r.batch) >= batchFiles || r.batchBytes >= batchBytes {
 			return r.sendBatch(ctx)
@@ -487,14 +550,27 @@ func (r *restorer) dropBatch() {
 	r.batch, r.batchBytes = nil, 0
 }
 
+// closeJobs releases the descriptors of jobs, removing the files they
+// created when remove is set.
 func closeJobs(jobs []restoreJob, remove bool) {
 	for _, j := range jobs {
-		if remove {
-			_ = unix.Unlinkat(j.dirfd, j.name, 0)
+		if j.fd >= 0 {
+			if remove {
+				_ = unix.Unlinkat(j.dirfd, j.name, 0)
+			}
+			unix.Close(j.fd)
 		}
-		unix.Close(j.fd)
 		unix.Close(j.dirfd)
 	}
+}
+
+// createAt makes a new, empty file, never through a symlink.
+func createAt(dirfd int, name string) (int, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return -1, fmt.Errorf("create: %w", err)
+	}
+	return fd, nil
 }
 
 // need is one blob of one file: where it is stored and where it goes.
@@ -526,7 +602,13 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 	failed := make([]error, len(batch))
 	lengths := make([][]int, len(batch))
 	var needs []need
-	for i, job := range batch {
+	for i := range batch {
+		job := &batch[i]
+		if job.fd < 0 {
+			if job.fd, failed[i] = createAt(job.dirfd, job.name); failed[i] != nil {
+				continue
+			}
+		}
 		var off int64
 		for _, id := range job.node.Content {
 			e, ok := r.store.Index().Lookup(repo.DataBlob, id)
@@ -609,8 +691,6 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 			err = r.finishFile(job, lengths[i])
 		}
 		if err != nil {
-			// Never leave a file with wrong or partial content behind.
-			_ = unix.Unlinkat(job.dirfd, job.name, 0)
 			r.fail(job.path, err)
 		} else {
 			r.files.Add(1)
@@ -619,8 +699,8 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 				s.Bytes += int64(job.node.Size)
 			})
 		}
-		unix.Close(job.fd)
-		unix.Close(job.dirfd)
+		// Never leave a file with wrong or partial content behind.
+		closeJobs(batch[i:i+1], err != nil)
 	}
 	return span, plain, nil
 }
