@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"os"
 	"os/user"
 	"strings"
@@ -156,7 +157,11 @@ func (r *Repo) unlock(ctx context.Context, password []byte) error {
 		if err != nil {
 			return err
 		}
-		if k, err := kf.Open(password); err == nil {
+		k, err := kf.Open(password)
+		// Each try held the KDF's memory: collect it now, while the live heap
+		// is tiny, or the collector would size the next cycles after it.
+		runtime.GC()
+		if err == nil {
 			r.key, r.keyID = k, id
 			return nil
 		}
