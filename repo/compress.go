@@ -62,6 +62,10 @@ func Encode(dst, data []byte, mode Compression) []byte {
 	if mode == CompressMax {
 		enc = encBest
 	}
+	if mode == CompressAuto && len(data) >= 4*sampleSize && !worthCompressing(data) {
+		dst = append(dst, encRaw)
+		return append(dst, data...)
+	}
 	off := len(dst)
 	dst = append(dst, encZstd)
 	dst = enc.EncodeAll(data, dst)
@@ -71,6 +75,27 @@ func Encode(dst, data []byte, mode Compression) []byte {
 		dst = append(dst, data...)
 	}
 	return dst
+}
+
+// sampleSize is the size of each probe of worthCompressing.
+const sampleSize = 16 << 10
+
+var samplePool = sync.Pool{New: func() any { b := make([]byte, 0, 2*sampleSize); return &b }}
+
+// worthCompressing probes data at its start, middle and end: compressed
+// media, archives and encrypted files are the bulk of many backups, and
+// compressing a whole blob to learn that costs far more than three probes.
+func worthCompressing(data []byte) bool {
+	bp := samplePool.Get().(*[]byte)
+	defer samplePool.Put(bp)
+	in, out := 0, 0
+	for _, off := range []int{0, len(data)/2 - sampleSize/2, len(data) - sampleSize} {
+		probe := data[off : off+sampleSize]
+		*bp = encFast.EncodeAll(probe, (*bp)[:0])
+		in += len(probe)
+		out += len(*bp)
+	}
+	return out <= in-in/32
 }
 
 // Decode undoes Encode, appending the plaintext to dst. maxSize bounds the

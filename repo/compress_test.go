@@ -2,6 +2,7 @@ package repo_test
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -146,4 +147,18 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestAutoSkipsIncompressible: auto stores random data raw and compresses
+// data whose start is random but whose bulk compresses.
+func TestAutoSkipsIncompressible(t *testing.T) {
+	random := make([]byte, 1<<20)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(random)
+	if enc := repo.Encode(nil, random, repo.CompressAuto); enc[0] != 0 || len(enc) != len(random)+1 {
+		t.Fatalf("random data: encoding byte %d, %d bytes", enc[0], len(enc))
+	}
+	mixed := append(random[:64<<10:64<<10], bytes.Repeat([]byte("compressible "), 80000)...)
+	if enc := repo.Encode(nil, mixed, repo.CompressAuto); len(enc) > len(mixed)/2 {
+		t.Fatalf("mostly compressible data stored in %d of %d bytes", len(enc), len(mixed))
+	}
 }
