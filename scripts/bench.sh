@@ -2,14 +2,17 @@
 # Times cairn against restic (and borg when present) on the same generated
 # data, interleaved, ROUNDS rounds, and prints medians and ratios.
 #
-#   scripts/bench.sh                          # 1 GiB / 20k files, 3 rounds
-#   BENCH_SIZE_MB=100 BENCH_FILES=2000 ROUNDS=1 scripts/bench.sh   # smoke run
+#   scripts/bench.sh                          # 1.6 GB / 65k files + a database dump, 3 rounds
+#   BENCH_SIZE_MB=1024 BENCH_FILES=20000 BENCH_PG_SCALE=0 scripts/bench.sh   # 1 GiB / 20k files
+#   BENCH_SIZE_MB=100 BENCH_FILES=2000 BENCH_PG_SCALE=0 ROUNDS=1 scripts/bench.sh   # smoke run
 #
 # Knobs: BENCH_DIR (work dir, default /tmp/cairn-bench; datasets are reused
 # while their parameters match), BENCH_SIZE_MB, BENCH_FILES, ROUNDS,
 # BENCH_TOOLS (default "cairn restic borg"; a missing peer is installed from
 # Debian when possible, else left out), BENCH_SRC (real files to copy, comma
-# separated). Runs are warm-cache: the machine's page cache is not dropped,
+# separated), BENCH_PG_SCALE (pgbench scale of the database whose plain SQL
+# dump joins the tree, default 30; 0 for none) and BENCH_PG_TX (pgbench
+# transactions between the two nights' dumps, default 20000). Runs are warm-cache: the machine's page cache is not dropped,
 # but dirty pages are synced before every step.
 #
 # Steps, each on a fresh repository per round and tool:
@@ -24,8 +27,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BENCH_DIR=${BENCH_DIR:-/tmp/cairn-bench}
-BENCH_SIZE_MB=${BENCH_SIZE_MB:-1024}
-BENCH_FILES=${BENCH_FILES:-20000}
+BENCH_SIZE_MB=${BENCH_SIZE_MB:-1600}
+BENCH_FILES=${BENCH_FILES:-65000}
+BENCH_PG_SCALE=${BENCH_PG_SCALE:-30}
+BENCH_PG_TX=${BENCH_PG_TX:-20000}
 ROUNDS=${ROUNDS:-3}
 BENCH_TOOLS=${BENCH_TOOLS:-"cairn restic borg"}
 BENCH_SRC=${BENCH_SRC:-/usr/share,/usr/lib,/usr/local/go,$HOME/go/pkg/mod}
@@ -57,14 +62,58 @@ done
 
 # --- datasets ----------------------------------------------------------------
 
+# pg_dumps DIR: a pgbench database of BENCH_PG_SCALE dumped as plain SQL to
+# DIR/pg1.sql, then again after BENCH_PG_TX transactions to DIR/pg2.sql, on a
+# throwaway PostgreSQL (as the postgres user when run as root).
+pg_dumps() {
+	local dir=$1 bin tmp port as=()
+	bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+	if [[ -z $bin || ! -x $bin/postgres ]]; then
+		log "PostgreSQL not found: the dataset has no database dump"
+		return 0
+	fi
+	tmp=$(mktemp -d /tmp/cairn-pg.XXXXXX)
+	chmod 755 "$tmp"
+	if [[ $(id -u) -eq 0 ]]; then
+		chown postgres:postgres "$tmp"
+		as=(runuser -u postgres --)
+	fi
+	port=$((20000 + RANDOM % 20000))
+	(cd "$tmp" && "${as[@]}" "$bin/initdb" -D "$tmp/data" -U postgres -A trust -E UTF8 \
+		--locale=C.UTF-8 --no-sync --no-instructions >/dev/null)
+	(cd "$tmp" && exec "${as[@]}" "$bin/postgres" -D "$tmp/data" -p "$port" -k "$tmp" \
+		-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+		-c full_page_writes=off >"$tmp/log" 2>&1) &
+	until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; do sleep 0.2; done
+	local pg=(-h 127.0.0.1 -p "$port" -U postgres)
+	"$bin/createdb" "${pg[@]}" bench
+	"$bin/pgbench" "${pg[@]}" -q -i -s "$BENCH_PG_SCALE" bench >/dev/null 2>&1
+	"$bin/pg_dump" "${pg[@]}" -d bench -f "$dir/pg1.sql"
+	"$bin/pgbench" "${pg[@]}" -n -c 2 -j 2 -t $((BENCH_PG_TX / 2)) bench >/dev/null
+	"$bin/pg_dump" "${pg[@]}" -d bench -f "$dir/pg2.sql"
+	kill -INT "$(head -1 "$tmp/data/postmaster.pid")"
+	wait
+	rm -rf "$tmp"
+}
+
 data=$BENCH_DIR/data
-params="size=$BENCH_SIZE_MB files=$BENCH_FILES src=$BENCH_SRC"
+params="size=$BENCH_SIZE_MB files=$BENCH_FILES src=$BENCH_SRC pg=$BENCH_PG_SCALE/$BENCH_PG_TX"
 if [[ $(cat "$data/params" 2>/dev/null) != "$params" ]]; then
 	log "generating datasets in $data ($params)"
 	rm -rf "$data"
 	mkdir -p "$data"
 	go run ./scripts/gendata tree -dst "$data/night1" -files "$BENCH_FILES" -mb "$BENCH_SIZE_MB" -src "$BENCH_SRC"
+	if ((BENCH_PG_SCALE > 0)); then
+		pg_dumps "$data"
+	fi
 	go run ./scripts/gendata night2 -src "$data/night1" -dst "$data/night2" -percent 3 -seed 2
+	if [[ -f $data/pg1.sql ]]; then
+		# Both nights hold the dump at the same path: night 2's is the later one.
+		mkdir -p "$data/night1/db" "$data/night2/db"
+		mv "$data/pg1.sql" "$data/night1/db/bench.sql"
+		mv "$data/pg2.sql" "$data/night2/db/bench.sql"
+		log "database dumps: $(du -h "$data/night1/db/bench.sql" | cut -f1), $(du -h "$data/night2/db/bench.sql" | cut -f1)"
+	fi
 	go run ./scripts/gendata random -dst "$data/shift0/big.bin" -mb $SHIFT_MB -seed 3
 	go run ./scripts/gendata shift -src "$data/shift0/big.bin" -dst "$data/shift1/big.bin"
 	echo "$params" >"$data/params"
@@ -210,6 +259,13 @@ for step in ("first", "unchanged", "night2", "restore", "shift1"):
         w = c["wall"] / min(p["wall"] for p in ps)
         r = c["rss"] / min(p["rss"] for p in ps)
         lines.append(f"| {step} | {w:.2f} | {r:.2f} |")
+lines += ["", "| tool | repository after two nights, MiB | night-2 growth, MiB |", "|---|---|---|"]
+for tool in tools:
+    rs = {r[2]: r for r in rows if r[0] == tool and r[1] == "night2"}
+    us = {r[2]: r for r in rows if r[0] == tool and r[1] == "unchanged"}
+    growth = [(float(rs[k][6]) - float(us[k][6])) / 2**20 for k in rs if k in us]
+    if growth:
+        lines.append(f"| {tool} | {med[tool, 'night2']['repo']:.1f} | {statistics.median(growth):.1f} |")
 c = lambda s: med.get(("cairn", s))
 if c("first") and c("unchanged"):
     lines += ["", "cairn against its own targets:",
