@@ -156,7 +156,7 @@ func TestBackupDryRunStoresNothing(t *testing.T) {
 	if sn.Summary.FilesNew != 20 || sn.Summary.DataBlobs == 0 {
 		t.Fatalf("dry run summary: %+v", sn.Summary)
 	}
-	list, err := snapshot.List(ctx, store.Repo())
+	list, err := snapshot.List(ctx, store.Repo(), nil)
 	if err != nil || len(list) != 0 {
 		t.Fatalf("dry run saved snapshots: %v %v", list, err)
 	}

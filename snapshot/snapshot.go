@@ -89,8 +89,10 @@ func DecodeSnapshot(b []byte) (*Snapshot, error) {
 	return &sn, nil
 }
 
-// List loads every snapshot, oldest first.
-func List(ctx context.Context, r *repo.Repo) ([]*Snapshot, error) {
+// List loads every snapshot, oldest first. A snapshot that cannot be read
+// is an error, unless skip is given: then it goes to skip and is left out,
+// so that one damaged file does not stop every command.
+func List(ctx context.Context, r *repo.Repo, skip func(repo.ID, error)) ([]*Snapshot, error) {
 	var ids []repo.ID
 	if err := r.ListIDs(ctx, repo.SnapshotFile, func(id repo.ID, _ int64) error {
 		ids = append(ids, id)
@@ -101,6 +103,10 @@ func List(ctx context.Context, r *repo.Repo) ([]*Snapshot, error) {
 	list := make([]*Snapshot, 0, len(ids))
 	for _, id := range ids {
 		sn, err := Load(ctx, r, id)
+		if err != nil && skip != nil && ctx.Err() == nil {
+			skip(id, err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -164,8 +170,9 @@ func (f Filter) Match(sn *Snapshot) bool {
 	return true
 }
 
-// Find resolves "latest" (with f) or an id prefix to a snapshot.
-func Find(ctx context.Context, r *repo.Repo, ref string, f Filter) (*Snapshot, error) {
+// Find resolves "latest" (with f) or an id prefix to a snapshot; skip is as
+// for List.
+func Find(ctx context.Context, r *repo.Repo, ref string, f Filter, skip func(repo.ID, error)) (*Snapshot, error) {
 	if ref != "latest" {
 		id, err := r.FindID(ctx, repo.SnapshotFile, ref)
 		if err != nil {
@@ -173,7 +180,7 @@ func Find(ctx context.Context, r *repo.Repo, ref string, f Filter) (*Snapshot, e
 		}
 		return Load(ctx, r, id)
 	}
-	list, err := List(ctx, r)
+	list, err := List(ctx, r, skip)
 	if err != nil {
 		return nil, err
 	}

@@ -124,7 +124,7 @@ func TestSaveLoadList(t *testing.T) {
 	if sn.ID != ids[0] || sn.Hostname != "host5" || !reflect.DeepEqual(sn.Paths, []string{"/data/x", "/etc"}) {
 		t.Fatalf("loaded %+v", sn)
 	}
-	list, err := snapshot.List(ctx, r)
+	list, err := snapshot.List(ctx, r, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,8 +148,18 @@ func TestSaveLoadList(t *testing.T) {
 	if _, err := snapshot.Load(ctx, r, future); err == nil {
 		t.Fatal("loaded a version 2 snapshot")
 	}
-	if _, err := snapshot.List(ctx, r); err == nil {
+	if _, err := snapshot.List(ctx, r, nil); err == nil {
 		t.Fatal("List skipped a snapshot it cannot read")
+	}
+	var skipped []repo.ID
+	list, err = snapshot.List(ctx, r, func(id repo.ID, err error) { skipped = append(skipped, id) })
+	if err != nil || len(skipped) != 1 || skipped[0] != future {
+		t.Fatalf("List with skip: %v, skipped %v, want only %s", err, skipped, future.Short())
+	}
+	for _, sn := range list {
+		if sn.ID == future {
+			t.Fatal("List with skip kept the unreadable snapshot")
+		}
 	}
 }
 
@@ -190,7 +200,7 @@ func TestFilterMatch(t *testing.T) {
 func TestFind(t *testing.T) {
 	ctx := context.Background()
 	r := memRepo(t)
-	if _, err := snapshot.Find(ctx, r, "latest", snapshot.Filter{}); !errors.Is(err, repo.ErrNotFound) {
+	if _, err := snapshot.Find(ctx, r, "latest", snapshot.Filter{}, nil); !errors.Is(err, repo.ErrNotFound) {
 		t.Fatalf("latest of none: %v, want ErrNotFound", err)
 	}
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -217,12 +227,12 @@ func TestFind(t *testing.T) {
 		{byHost["a"].String(), snapshot.Filter{}, "a"},
 	}
 	for _, tc := range cases {
-		sn, err := snapshot.Find(ctx, r, tc.ref, tc.f)
+		sn, err := snapshot.Find(ctx, r, tc.ref, tc.f, nil)
 		if err != nil || sn.ID != byHost[tc.want] {
 			t.Errorf("Find(%q, %+v): %v, %v; want the one of host %s", tc.ref, tc.f, sn, err, tc.want)
 		}
 	}
-	if _, err := snapshot.Find(ctx, r, "latest", snapshot.Filter{Hosts: []string{"z"}}); !errors.Is(err, repo.ErrNotFound) {
+	if _, err := snapshot.Find(ctx, r, "latest", snapshot.Filter{Hosts: []string{"z"}}, nil); !errors.Is(err, repo.ErrNotFound) {
 		t.Errorf("latest with no match: %v, want ErrNotFound", err)
 	}
 }

@@ -72,6 +72,10 @@ func TestS3Repository(t *testing.T) {
 	if second["files_unmodified"].(float64) != 30 || second["data_blobs"].(float64) != 0 {
 		t.Fatalf("unchanged backup: %v", second)
 	}
+	// Trees, snapshots and the index come from the local cache.
+	if read := second["repository_bytes_read"].(float64); read > 64<<10 {
+		t.Fatalf("unchanged backup read %.0f bytes from the repository, want almost nothing", read)
+	}
 	if n := len(e.Snapshots()); n != 2 {
 		t.Fatalf("%d snapshots, want 2", n)
 	}

@@ -51,6 +51,10 @@ type backupSummary struct {
 	SnapshotID  *string `json:"snapshot_id"`
 	DryRun      bool    `json:"dry_run,omitempty"`
 	*snapshot.Summary
+	// What the run moved to and from the repository, metadata included:
+	// on S3, the transfer the provider bills.
+	RepositoryBytesRead    int64 `json:"repository_bytes_read"`
+	RepositoryBytesWritten int64 `json:"repository_bytes_written"`
 }
 
 func runBackup(c *cli.Context) error {
@@ -194,7 +198,7 @@ func chooseParent(ctx context.Context, c *cli.Context, r *repo.Repo, opts *snaps
 		opts.Parent = sn
 		return nil
 	}
-	list, err := snapshot.List(ctx, r)
+	list, err := snapshot.List(ctx, r, warnUnreadable)
 	if err != nil {
 		return err
 	}
@@ -226,7 +230,8 @@ func printBackupSummary(out *output, sn *snapshot.Snapshot, dryRun bool) error {
 		s = &snapshot.Summary{}
 	}
 	if out.json {
-		m := backupSummary{MessageType: "summary", DryRun: dryRun, Summary: s}
+		m := backupSummary{MessageType: "summary", DryRun: dryRun, Summary: s,
+			RepositoryBytesRead: traffic.read.Load(), RepositoryBytesWritten: traffic.written.Load()}
 		if !dryRun {
 			id := sn.ID.String()
 			m.SnapshotID = &id
@@ -242,6 +247,7 @@ func printBackupSummary(out *output, sn *snapshot.Snapshot, dryRun bool) error {
 	out.Printf("%s: %s (%s stored)\n\n", verb, formatBytes(s.DataAdded), formatBytes(s.DataAddedPacked))
 	out.Printf("processed %d files, %s in %s\n", s.TotalFilesProcessed, formatBytes(s.TotalBytesProcessed),
 		formatDuration(time.Duration(s.DurationSeconds*float64(time.Second))))
+	out.Verbosef("repository traffic: %s read, %s written\n", formatBytes(traffic.read.Load()), formatBytes(traffic.written.Load()))
 	if dryRun {
 		out.Printf("dry run: no snapshot saved\n")
 	} else {

@@ -115,7 +115,7 @@ func asOfLimit(t time.Time) time.Time {
 
 // findAsOf returns the newest snapshot matching f taken at or before limit.
 func findAsOf(ctx context.Context, r *repo.Repo, limit time.Time, f snapshot.Filter) (*snapshot.Snapshot, error) {
-	list, err := snapshot.List(ctx, r)
+	list, err := snapshot.List(ctx, r, warnUnreadable)
 	if err != nil {
 		return nil, err
 	}

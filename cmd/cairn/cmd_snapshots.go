@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -55,6 +56,12 @@ func readFilter(c *cli.Context) (snapshot.Filter, error) {
 	return f, nil
 }
 
+// warnUnreadable reports a snapshot that cannot be read and is left out:
+// one damaged file must not stop backups and restores of everything else.
+func warnUnreadable(id repo.ID, err error) {
+	fmt.Fprintf(os.Stderr, "cairn: warning: snapshot %s cannot be read and is left out: %s\n", id.Short(), oneLine(err))
+}
+
 // findSnapshot resolves an id prefix or "latest" (newest matching f).
 func findSnapshot(ctx context.Context, r *repo.Repo, ref string, f snapshot.Filter) (*snapshot.Snapshot, error) {
 	if ref != "latest" {
@@ -62,7 +69,7 @@ func findSnapshot(ctx context.Context, r *repo.Repo, ref string, f snapshot.Filt
 			return nil, fmt.Errorf("invalid snapshot id %q: want hex digits or \"latest\"", ref)
 		}
 	}
-	sn, err := snapshot.Find(ctx, r, ref, f)
+	sn, err := snapshot.Find(ctx, r, ref, f, warnUnreadable)
 	if errors.Is(err, repo.ErrNotFound) {
 		if ref == "latest" {
 			return nil, errors.New("no snapshot matches: the repository has none that passes the filters")
@@ -158,7 +165,7 @@ func runSnapshots(c *cli.Context) error {
 	}
 	out := newOutput(c)
 	return withRepo(c, func(ctx context.Context, r *repo.Repo) error {
-		all, err := snapshot.List(ctx, r)
+		all, err := snapshot.List(ctx, r, warnUnreadable)
 		if err != nil {
 			return err
 		}

@@ -97,14 +97,14 @@ func openBackend(c *cli.Context) (*backend, error) {
 		create := func(ctx context.Context) error {
 			return retry.Do(ctx, ropts, "create bucket", func() error { return sb.Create(ctx) })
 		}
-		return &backend{Backend: retry.New(sb, ropts), create: create}, nil
+		return &backend{Backend: retry.New(countingBackend{sb}, ropts), create: create}, nil
 	default:
 		lb, err := local.Open(loc.path)
 		if err != nil {
 			return nil, err
 		}
 		create := func(context.Context) error { return lb.Create() }
-		return &backend{Backend: retry.New(lb, ropts), create: create}, nil
+		return &backend{Backend: retry.New(countingBackend{lb}, ropts), create: create}, nil
 	}
 }
 
