@@ -4,16 +4,18 @@
 #
 #   scripts/bench.sh                          # 1.6 GB / 65k files + a database dump, 3 rounds
 #   BENCH_SIZE_MB=1024 BENCH_FILES=20000 BENCH_PG_SCALE=0 scripts/bench.sh   # 1 GiB / 20k files
-#   BENCH_SIZE_MB=100 BENCH_FILES=2000 BENCH_PG_SCALE=0 ROUNDS=1 scripts/bench.sh   # smoke run
+#   BENCH_SIZE_MB=100 BENCH_FILES=2000 ROUNDS=1 scripts/bench.sh   # smoke run (~10 MB dump)
 #
 # Knobs: BENCH_DIR (work dir, default /tmp/cairn-bench; datasets are reused
 # while their parameters match), BENCH_SIZE_MB, BENCH_FILES, ROUNDS,
 # BENCH_TOOLS (default "cairn restic borg"; a missing peer is installed from
 # Debian when possible, else left out), BENCH_SRC (real files to copy, comma
 # separated), BENCH_PG_SCALE (pgbench scale of the database whose plain SQL
-# dump joins the tree, default 30; 0 for none) and BENCH_PG_TX (pgbench
-# transactions between the two nights' dumps, default 20000). Runs are warm-cache: the machine's page cache is not dropped,
-# but dirty pages are synced before every step.
+# dump joins the tree; default 30 at 1600 MiB and proportional to
+# BENCH_SIZE_MB; 0 for none) and BENCH_PG_TX (pgbench transactions between
+# the two nights' dumps, default 20000 at scale 30, proportional to it).
+# Runs are warm-cache: the machine's page cache is not dropped, but dirty
+# pages are synced before every step.
 #
 # Steps, each on a fresh repository per round and tool:
 #   first      first backup of the tree
@@ -29,8 +31,9 @@ cd "$(dirname "$0")/.."
 BENCH_DIR=${BENCH_DIR:-/tmp/cairn-bench}
 BENCH_SIZE_MB=${BENCH_SIZE_MB:-1600}
 BENCH_FILES=${BENCH_FILES:-65000}
-BENCH_PG_SCALE=${BENCH_PG_SCALE:-30}
-BENCH_PG_TX=${BENCH_PG_TX:-20000}
+# The dump keeps its share of the tree at any size, so a smoke run stays small.
+BENCH_PG_SCALE=${BENCH_PG_SCALE:-$((BENCH_SIZE_MB * 30 / 1600))}
+BENCH_PG_TX=${BENCH_PG_TX:-$((BENCH_PG_SCALE * 20000 / 30))}
 ROUNDS=${ROUNDS:-3}
 BENCH_TOOLS=${BENCH_TOOLS:-"cairn restic borg"}
 BENCH_SRC=${BENCH_SRC:-/usr/share,/usr/lib,/usr/local/go,$HOME/go/pkg/mod}
@@ -46,8 +49,12 @@ CAIRN=$PWD/bin/cairn
 
 apt_install() {
 	[[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 1
-	DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 \
-		install --no-install-recommends "$@" >/dev/null 2>&1
+	local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600)
+	log "installing $*"
+	# A fresh machine may have no package lists yet: update once, then retry.
+	"${apt[@]}" install --no-install-recommends "$@" >/dev/null 2>&1 ||
+		{ "${apt[@]}" update >/dev/null 2>&1 &&
+			"${apt[@]}" install --no-install-recommends "$@" >/dev/null 2>&1; }
 }
 [[ -x /usr/bin/time ]] || apt_install time || { log "GNU time (/usr/bin/time) is needed"; exit 1; }
 tools=()
@@ -84,14 +91,33 @@ pg_dumps() {
 	(cd "$tmp" && exec "${as[@]}" "$bin/postgres" -D "$tmp/data" -p "$port" -k "$tmp" \
 		-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
 		-c full_page_writes=off >"$tmp/log" 2>&1) &
-	until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; do sleep 0.2; done
+	# A failing step below must not leave the server running.
+	trap "pg_stop $(printf %q "$tmp")" EXIT
+	local i
+	for ((i = 0; ; i++)); do
+		"$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres && break
+		if ((i == 150)); then
+			log "PostgreSQL did not start:"
+			tail -5 "$tmp/log" >&2
+			exit 1
+		fi
+		sleep 0.2
+	done
 	local pg=(-h 127.0.0.1 -p "$port" -U postgres)
 	"$bin/createdb" "${pg[@]}" bench
 	"$bin/pgbench" "${pg[@]}" -q -i -s "$BENCH_PG_SCALE" bench >/dev/null 2>&1
 	"$bin/pg_dump" "${pg[@]}" -d bench -f "$dir/pg1.sql"
 	"$bin/pgbench" "${pg[@]}" -n -c 2 -j 2 -t $((BENCH_PG_TX / 2)) bench >/dev/null
 	"$bin/pg_dump" "${pg[@]}" -d bench -f "$dir/pg2.sql"
-	kill -INT "$(head -1 "$tmp/data/postmaster.pid")"
+	pg_stop "$tmp"
+	trap - EXIT
+}
+
+pg_stop() { # pg_stop TMP: stops the server of pg_dumps and removes its files
+	local tmp=$1
+	if [[ -f $tmp/data/postmaster.pid ]]; then
+		kill -INT "$(head -1 "$tmp/data/postmaster.pid")" 2>/dev/null || true
+	fi
 	wait
 	rm -rf "$tmp"
 }
@@ -145,6 +171,8 @@ restore_data
 
 results=$BENCH_DIR/results.tsv # tool step round wall cpu rss_kib repo_bytes
 : >"$results"
+# A failed run must not leave an earlier run's table looking current.
+rm -f "$BENCH_DIR/results.md"
 work=$BENCH_DIR/work
 
 # run_step TOOL STEP ROUND CMD...: runs CMD under /usr/bin/time and records it.
@@ -233,9 +261,10 @@ restore_data
 # --- report ------------------------------------------------------------------
 
 report=$BENCH_DIR/results.md
-python3 - "$results" "$report" "${tools[@]}" <<'PY'
+note="Medians of $ROUNDS round(s); warm page cache (not dropped, dirty pages synced before each step); dataset: $params."
+python3 - "$results" "$report" "$note" "${tools[@]}" <<'PY'
 import statistics, sys
-path, out, tools = sys.argv[1], sys.argv[2], sys.argv[3:]
+path, out, note, tools = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 med = {}
 for tool in tools:
@@ -245,20 +274,32 @@ for tool in tools:
             col = lambda i: statistics.median(float(r[i]) for r in rs)
             med[tool, step] = dict(wall=col(3), cpu=col(4), rss=col(5) / 1024, repo=col(6) / 2**20, n=len(rs))
 peers = [t for t in tools if t != "cairn"]
-lines = ["| step | tool | wall s | CPU s | peak RSS MiB | repo MiB |", "|---|---|---|---|---|---|"]
+lines = [note, "", "| step | tool | wall s | CPU s | peak RSS MiB | repo MiB |", "|---|---|---|---|---|---|"]
 for step in ("first", "unchanged", "night2", "restore", "shift0", "shift1"):
     for tool in tools:
         m = med.get((tool, step))
         if m:
             lines.append(f"| {step} | {tool} | {m['wall']:.2f} | {m['cpu']:.2f} | {m['rss']:.0f} | {m['repo']:.1f} |")
-lines += ["", "| step | cairn/best peer, wall | cairn/leanest peer, RSS |", "|---|---|---|"]
+# Ratios below 1 favour cairn: one pair per peer and, with several peers,
+# against the fastest and the leanest of them.
+ratio = lambda a, b: f"{a / b:.2f}" if b > 0 else "-"
+head = [f"cairn/{p}, {what}" for p in peers for what in ("wall", "RSS")]
+if len(peers) > 1:
+    head += ["cairn/best peer, wall", "cairn/leanest peer, RSS"]
+if peers and ("cairn", "first") in med:
+    lines += ["", "| step | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
 for step in ("first", "unchanged", "night2", "restore", "shift1"):
     c = med.get(("cairn", step))
-    ps = [med[p, step] for p in peers if (p, step) in med]
-    if c and ps:
-        w = c["wall"] / min(p["wall"] for p in ps)
-        r = c["rss"] / min(p["rss"] for p in ps)
-        lines.append(f"| {step} | {w:.2f} | {r:.2f} |")
+    ps = {p: med[p, step] for p in peers if (p, step) in med}
+    if not c or not ps:
+        continue
+    cells = []
+    for p in peers:
+        cells += [ratio(c["wall"], ps[p]["wall"]), ratio(c["rss"], ps[p]["rss"])] if p in ps else ["-", "-"]
+    if len(peers) > 1:
+        cells += [ratio(c["wall"], min(m["wall"] for m in ps.values())),
+                  ratio(c["rss"], min(m["rss"] for m in ps.values()))]
+    lines.append(f"| {step} | " + " | ".join(cells) + " |")
 lines += ["", "| tool | repository after two nights, MiB | night-2 growth, MiB |", "|---|---|---|"]
 for tool in tools:
     rs = {r[2]: r for r in rows if r[0] == tool and r[1] == "night2"}
@@ -269,7 +310,7 @@ for tool in tools:
 c = lambda s: med.get(("cairn", s))
 if c("first") and c("unchanged"):
     lines += ["", "cairn against its own targets:",
-              f"- unchanged re-backup: {100 * c('unchanged')['wall'] / c('first')['wall']:.1f}% of the first backup's wall time (target < 10%)",
+              f"- unchanged re-backup: {100 * c('unchanged')['wall'] / max(c('first')['wall'], 0.01):.1f}% of the first backup's wall time (target < 10%)",
               f"- peak RSS of the first backup: {c('first')['rss']:.0f} MiB (target < 200 MiB)"]
 if c("shift0") and c("shift1"):
     growth = c("shift1")["repo"] - c("shift0")["repo"]
