@@ -99,6 +99,11 @@ func runBackup(c *cli.Context) error {
 		}
 		rep := out.reporter("read")
 		opts.Reporter = rep
+		if src != nil {
+			// The command's output is the only entry: its failure is the
+			// one line the backup ends with.
+			opts.Reporter = commandReporter{rep}
+		}
 		sn, err := snapshot.Backup(ctx, store, opts)
 		rep.Done()
 		if src != nil && src.failed() != nil {
@@ -255,6 +260,12 @@ func printBackupSummary(out *output, sn *snapshot.Snapshot, dryRun bool) error {
 	}
 	return nil
 }
+
+// commandReporter passes on progress but not the read error of the one
+// entry of a --stdin-from-command backup, which the final error states.
+type commandReporter struct{ *reporter }
+
+func (commandReporter) Error(string, error) {}
 
 // commandSource is the stdout of a command being backed up. At the end of
 // its output it waits for the command, and a failed command turns the end
