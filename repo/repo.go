@@ -10,9 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
 	"os"
 	"os/user"
+	"runtime"
 	"strings"
 
 	"github.com/cairn-backup/cairn/crypto"
