@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cairn-backup/cairn/repo"
-	"github.com/cairn-backup/cairn/repo/local"
 )
 
 // The tests in this file stop backups part-way, by SIGKILL (a crash) and by
@@ -202,17 +201,8 @@ func TestBackupInterrupted(t *testing.T) {
 // plantLock writes a lock into e's repository as another process would.
 func plantLock(t *testing.T, e *Env, l repo.Lock) {
 	t.Helper()
-	ctx := context.Background()
-	be, err := local.Open(e.Repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, []byte(e.Password))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if _, err := r.SaveJSON(ctx, repo.LockFile, &l); err != nil {
+	r := e.OpenRepo()
+	if _, err := r.SaveJSON(context.Background(), repo.LockFile, &l); err != nil {
 		t.Fatal(err)
 	}
 }

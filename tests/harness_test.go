@@ -4,6 +4,7 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cairn-backup/cairn/repo"
+	"github.com/cairn-backup/cairn/repo/local"
 )
 
 // cairnBin is the binary under test, built once by TestMain.
@@ -64,6 +68,22 @@ func NewRepo(t *testing.T) *Env {
 	e := NewEnv(t)
 	e.Must("init")
 	return e
+}
+
+// OpenRepo opens e's local repository through the library, for tests that
+// plant what no command writes; it is closed when the test ends.
+func (e *Env) OpenRepo() *repo.Repo {
+	e.t.Helper()
+	be, err := local.Open(e.Repo)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r, err := repo.Open(context.Background(), be, []byte(e.Password))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { r.Close() })
+	return r
 }
 
 // Result is what a cairn process left behind.

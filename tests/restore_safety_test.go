@@ -16,7 +16,6 @@ import (
 	"github.com/cairn-backup/cairn/index"
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
-	"github.com/cairn-backup/cairn/repo/local"
 	"github.com/cairn-backup/cairn/snapshot"
 )
 
@@ -89,15 +88,7 @@ func (w *treeWriter) symlink(name, target string) *snapshot.Node {
 func craftSnapshots(t *testing.T, e *Env, build func(w *treeWriter) map[string]repo.ID) map[string]string {
 	t.Helper()
 	ctx := context.Background()
-	be, err := local.Open(e.Repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, []byte(e.Password))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := e.OpenRepo()
 	idx, err := index.Load(ctx, r, index.Options{})
 	if err != nil {
 		t.Fatal(err)
