@@ -46,8 +46,9 @@ type BackupOptions struct {
 
 	DryRun   bool // read and hash everything, store nothing
 	Reporter Reporter
-	// ReadConcurrency is how many files are read at once (default: the
-	// number of cores, at least 2, so that small files keep every core busy).
+	// ReadConcurrency is how many files are read at once (default: twice
+	// the cores, at least 4: a reader waits for its file's last chunks to be
+	// stored, and small files must keep every core busy meanwhile).
 	ReadConcurrency int
 }
 
@@ -163,7 +164,7 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 	start := time.Now()
 	a := &archiver{store: store, opts: opts, cfg: store.Repo().Config()}
 	if opts.ReadConcurrency <= 0 {
-		a.opts.ReadConcurrency = max(2, runtime.GOMAXPROCS(0))
+		a.opts.ReadConcurrency = max(4, 2*runtime.GOMAXPROCS(0))
 	}
 	for i, list := range [][]string{opts.Excludes, opts.IExcludes} {
 		p, err := ParsePatterns(list, i == 1)

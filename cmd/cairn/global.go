@@ -32,7 +32,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cache-dir", EnvVars: []string{"CAIRN_CACHE_DIR"},
 			Usage: "local cache `DIR` (default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn)"},
 		&cli.BoolFlag{Name: "no-cache", Usage: "do not use a local cache"},
-		&cli.IntFlag{Name: "connections", Usage: "transfers to the repository at once, `N` (default: 5 for S3, 2 for a local directory)"},
+		&cli.IntFlag{Name: "connections", Usage: "transfers to the repository at once, `N` (default: 5 for S3, 4 for a local directory)"},
 		&cli.BoolFlag{Name: "json", Usage: "machine-readable output on stdout"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only errors"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print more"},
@@ -109,7 +109,8 @@ func openBackend(c *cli.Context) (*backend, error) {
 }
 
 // connections is --connections, or the default for the kind of repository:
-// S3 hides latency behind more requests at once, a local disk does not.
+// S3 hides latency behind requests at once; on a local disk, packs being
+// fsynced must not hold up the next ones (2 left a backup a third idle).
 func connections(c *cli.Context) int {
 	if n := c.Int("connections"); n > 0 {
 		return n
@@ -117,7 +118,7 @@ func connections(c *cli.Context) int {
 	if strings.HasPrefix(c.String("repo"), "s3:") {
 		return 5
 	}
-	return 2
+	return 4
 }
 
 // noRepository is the error for a location without a repository.
