@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairn-backup/cairn/repo"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -172,19 +173,11 @@ func (c *cache) reset() error {
 func (c *cache) close() error { return c.db.Close() }
 
 // files returns the merged index files and what each supersedes.
-func (c *cache) files() (map[[32]byte][][32]byte, error) {
-	out := map[[32]byte][][32]byte{}
+func (c *cache) files() (map[repo.ID][]repo.ID, error) {
+	out := map[repo.ID][]repo.ID{}
 	err := c.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketFiles).ForEach(func(k, v []byte) error {
-			var id [32]byte
-			copy(id[:], k)
-			var sup [][32]byte
-			for ; len(v) >= 32; v = v[32:] {
-				var s [32]byte
-				copy(s[:], v)
-				sup = append(sup, s)
-			}
-			out[id] = sup
+			out[repo.ID(k)] = splitIDs(v)
 			return nil
 		})
 	})
@@ -193,7 +186,7 @@ func (c *cache) files() (map[[32]byte][][32]byte, error) {
 
 // add stores entries as new segments and records files (index file ID ->
 // supersedes, already encoded) as merged, once all entries are durable.
-func (c *cache) add(entries []entry, files map[[32]byte][]byte) error {
+func (c *cache) add(entries []entry, files map[repo.ID][]byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	for len(entries) > 0 {
@@ -201,7 +194,7 @@ func (c *cache) add(entries []entry, files map[[32]byte][]byte) error {
 		part := entries[:n]
 		entries = entries[n:]
 		slices.SortFunc(part, func(a, b entry) int { return bytes.Compare(a.k[:], b.k[:]) })
-		var done map[[32]byte][]byte
+		var done map[repo.ID][]byte
 		if len(entries) == 0 {
 			done = files
 		}
@@ -342,7 +335,7 @@ func seekAfter(c *bolt.Cursor, last []byte) ([]byte, []byte) {
 // new segment in transactions of putBatch entries. The last transaction
 // stores the filter, which marks the segment complete, and records files; a
 // crash before it leaves a segment that the next load drops.
-func (c *cache) writeSegment(gen func(yield func(entry) error) error, sizeHint int, files map[[32]byte][]byte) (*segment, error) {
+func (c *cache) writeSegment(gen func(yield func(entry) error) error, sizeHint int, files map[repo.ID][]byte) (*segment, error) {
 	s := &segment{filter: newBloom(sizeHint)}
 	binary.BigEndian.PutUint64(s.name[:], c.next)
 	c.next++

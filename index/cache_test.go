@@ -88,7 +88,7 @@ func TestCacheSegments(t *testing.T) {
 	c, path := newTestCache(t)
 	total := 0
 	for round, size := range []int{10, 500, 3, 7000, 20, 20, 20, 20, 1, 30000, 5, 100} {
-		if err := c.add(testEntries(total, total+size), map[[32]byte][]byte{{byte(round)}: nil}); err != nil {
+		if err := c.add(testEntries(total, total+size), map[repo.ID][]byte{{byte(round)}: nil}); err != nil {
 			t.Fatal(err)
 		}
 		total += size
@@ -132,7 +132,7 @@ func TestCacheDuplicates(t *testing.T) {
 // dropped on open, and the files it was for are not recorded as merged.
 func TestCacheUnfinishedSegment(t *testing.T) {
 	c, path := newTestCache(t)
-	if err := c.add(testEntries(0, 50), map[[32]byte][]byte{{1}: nil}); err != nil {
+	if err := c.add(testEntries(0, 50), map[repo.ID][]byte{{1}: nil}); err != nil {
 		t.Fatal(err)
 	}
 	c.close()

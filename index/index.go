@@ -83,17 +83,9 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 	}
 	merged := map[repo.ID][]repo.ID{} // file in the cache -> what it supersedes
 	if idx.db != nil {
-		m, err := idx.db.files()
-		if err != nil {
+		var err error
+		if merged, err = idx.db.files(); err != nil {
 			return fmt.Errorf("read index cache: %w", err)
-		}
-		for id, sup := range m {
-			for _, s := range sup {
-				merged[id] = append(merged[id], repo.ID(s))
-			}
-			if merged[id] == nil {
-				merged[id] = []repo.ID{}
-			}
 		}
 	}
 	superseded := map[repo.ID]bool{}
@@ -161,17 +153,17 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 // mergeCache adds index files to the cache, a bounded batch at a time.
 func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) error {
 	var batch []entry
-	files := map[[32]byte][]byte{}
+	files := map[repo.ID][]byte{}
 	commit := func() error {
 		if err := idx.db.add(batch, files); err != nil {
 			return fmt.Errorf("update index cache: %w", err)
 		}
 		idx.mu.Lock()
 		for id := range files {
-			idx.files[repo.ID(id)] = true
+			idx.files[id] = true
 		}
 		idx.mu.Unlock()
-		batch, files = nil, map[[32]byte][]byte{}
+		batch, files = nil, map[repo.ID][]byte{}
 		return nil
 	}
 	for _, id := range ids {
@@ -330,7 +322,7 @@ func (idx *Index) Flush(ctx context.Context, r *repo.Repo) error {
 	}
 	if idx.db == nil {
 		idx.mergeMem(id, f)
-	} else if err := idx.db.add(appendEntries(nil, f), map[[32]byte][]byte{id: joinIDs(f.Supersedes)}); err != nil {
+	} else if err := idx.db.add(appendEntries(nil, f), map[repo.ID][]byte{id: joinIDs(f.Supersedes)}); err != nil {
 		return fmt.Errorf("update index cache: %w", err)
 	} else {
 		idx.mu.Lock()
