@@ -115,7 +115,7 @@ func connections(c *cli.Context) int {
 	if n := c.Int("connections"); n > 0 {
 		return n
 	}
-	if strings.HasPrefix(c.String("repo"), "s3:") {
+	if loc, err := parseLocation(c.String("repo")); err == nil && loc.kind == "s3" {
 		return 5
 	}
 	return 4
