@@ -11,6 +11,7 @@ import (
 	"github.com/cairn-backup/cairn/repo"
 	"github.com/cairn-backup/cairn/repo/local"
 	"github.com/cairn-backup/cairn/repo/repotest"
+	"github.com/cairn-backup/cairn/repo/retry"
 )
 
 func TestBackend(t *testing.T) {
@@ -149,5 +150,49 @@ func TestFailedSaveLeavesNoTempFile(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A pack assembled in a temporary file is copied by the kernel, also through
+// the retry wrapper; what lands must be the file's bytes, and a file shorter
+// than the size announced must not land at all.
+func TestSaveFromFile(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	be, err := local.Open(filepath.Join(dir, "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Create(); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("0123456789abcdef"), 300_000) // 4.8 MB
+	src, err := os.Create(filepath.Join(dir, "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if _, err := src.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	wrapped := retry.New(be, retry.Options{})
+	h := repo.Handle{Type: repo.PackFile, Name: "aa" + strings.Repeat("0", 62)}
+	if err := wrapped.Save(ctx, h, src, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	got, err := repo.ReadAll(ctx, be, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("saved %d bytes that differ from the %d of the source file", len(got), len(data))
+	}
+
+	short := repo.Handle{Type: repo.PackFile, Name: "bb" + strings.Repeat("0", 62)}
+	if err := be.Save(ctx, short, src, int64(len(data))+10); err == nil {
+		t.Fatal("a source file shorter than the size was saved")
+	}
+	if _, err := be.Stat(ctx, short); err == nil {
+		t.Fatal("a short save left a file under the full name")
 	}
 }

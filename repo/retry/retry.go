@@ -245,6 +245,10 @@ type sourceReader struct {
 	failed atomic.Bool // a backend may read parts concurrently
 }
 
+// Unwrap returns the source, for a backend that can copy a file without
+// reading it through ReadAt.
+func (s *sourceReader) Unwrap() io.ReaderAt { return s.r }
+
 func (s *sourceReader) ReadAt(p []byte, off int64) (int, error) {
 	n, err := s.r.ReadAt(p, off)
 	if err != nil && !(errors.Is(err, io.EOF) && off+int64(n) >= s.size) {
