@@ -52,7 +52,9 @@ type Backend interface {
 	// offset, so fn must start over rather than keep what an earlier call read.
 	Load(ctx context.Context, h Handle, offset, length int64, fn func(io.Reader) error) error
 	Stat(ctx context.Context, h Handle) (FileInfo, error)
-	// List calls fn for every file of type t, in no particular order.
+	// List calls fn for every file of type t in ascending name order (what
+	// S3 servers and a sorted directory walk give), which lets a retried
+	// listing resume where it failed.
 	List(ctx context.Context, t FileType, fn func(FileInfo) error) error
 	// Remove deletes h; removing an absent file succeeds.
 	Remove(ctx context.Context, h Handle) error

@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/cairn-backup/cairn/repo"
@@ -85,6 +87,7 @@ func (b *Backend) List(ctx context.Context, t repo.FileType, fn func(repo.FileIn
 		}
 	}
 	b.mu.Unlock()
+	slices.SortFunc(infos, func(x, y repo.FileInfo) int { return strings.Compare(x.Name, y.Name) })
 	for _, fi := range infos {
 		if err := ctx.Err(); err != nil {
 			return err

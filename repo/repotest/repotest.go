@@ -102,10 +102,15 @@ func loadRange(ctx context.Context, be repo.Backend, h repo.Handle, off, n int64
 func list(t *testing.T, be repo.Backend, ft repo.FileType) map[string]int64 {
 	t.Helper()
 	m := map[string]int64{}
+	prev := ""
 	err := be.List(context.Background(), ft, func(fi repo.FileInfo) error {
 		if _, dup := m[fi.Name]; dup {
 			t.Errorf("list %s: %s reported twice", ft, fi.Name)
 		}
+		if len(m) > 0 && fi.Name <= prev {
+			t.Errorf("list %s: %s after %s, want ascending order", ft, fi.Name, prev)
+		}
+		prev = fi.Name
 		m[fi.Name] = fi.Size
 		return nil
 	})

@@ -245,6 +245,9 @@ type sourceReader struct {
 	failed atomic.Bool // a backend may read parts concurrently
 }
 
+// errOutOfOrder means a backend broke the ascending order of List.
+var errOutOfOrder = errors.New("backend lists out of order")
+
 // Unwrap returns the source, for a backend that can copy a file without
 // reading it through ReadAt.
 func (s *sourceReader) Unwrap() io.ReaderAt { return s.r }
@@ -273,15 +276,27 @@ func (b *Backend) Stat(ctx context.Context, h repo.Handle) (repo.FileInfo, error
 	return fi, err
 }
 
+// List relies on the backend's ascending order: after a failed attempt, the
+// next one skips every name up to the last one reported, so fn sees each
+// file once and the wrapper keeps one name, not the whole listing.
 func (b *Backend) List(ctx context.Context, t repo.FileType, fn func(repo.FileInfo) error) error {
-	seen := map[string]struct{}{}
+	var last string
+	reported := false
 	return Do(ctx, b.opts, "list "+string(t), func() error {
 		var fnErr error
+		prev := "" // the previous name of this attempt
 		err := b.be.List(ctx, t, func(fi repo.FileInfo) error {
-			if _, ok := seen[fi.Name]; ok {
-				return nil
+			if prev != "" && fi.Name <= prev {
+				// Skipping by name would be unsafe: stop before a
+				// file is lost from the listing.
+				fnErr = fmt.Errorf("list %s: %s after %s: %w", t, fi.Name, prev, errOutOfOrder)
+				return fnErr
 			}
-			seen[fi.Name] = struct{}{}
+			prev = fi.Name
+			if reported && fi.Name <= last {
+				return nil // reported by a failed attempt
+			}
+			last, reported = fi.Name, true
 			fnErr = fn(fi)
 			return fnErr
 		})

@@ -478,3 +478,42 @@ func TestIsTransient(t *testing.T) {
 		t.Error("marking nil is not nil")
 	}
 }
+
+// unordered lists names in the order given and breaks after breakAfter of
+// them on its first call: a backend that ignores the ascending order.
+type unordered struct {
+	repo.Backend
+	names      []string
+	breakAfter int
+	calls      int
+}
+
+func (u *unordered) List(ctx context.Context, t repo.FileType, fn func(repo.FileInfo) error) error {
+	u.calls++
+	for i, name := range u.names {
+		if u.calls == 1 && i == u.breakAfter {
+			return errReset
+		}
+		if err := fn(repo.FileInfo{Name: name}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// A retried listing that meets names out of order fails instead of
+// skipping them: a skipped index or pack would look absent.
+func TestListOutOfOrderFails(t *testing.T) {
+	u := &unordered{Backend: mem.New(), names: []string{"b", "c", "a", "d"}, breakAfter: 2}
+	var got []string
+	err := retry.New(u, fast).List(context.Background(), repo.IndexFile, func(fi repo.FileInfo) error {
+		got = append(got, fi.Name)
+		return nil
+	})
+	if err == nil {
+		t.Fatalf("listing out of order after a retry succeeded with %v", got)
+	}
+	if !strings.Contains(err.Error(), "out of order") {
+		t.Errorf("error %q does not say what went wrong", err)
+	}
+}
