@@ -1,8 +1,10 @@
 package repo
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cairn-backup/cairn/crypto"
 )
@@ -71,6 +73,21 @@ func (c *FileCache) Put(h Handle, data []byte) {
 
 // Remove drops the copy of h, if any.
 func (c *FileCache) Remove(h Handle) { _ = os.Remove(c.path(h)) }
+
+// Retain removes the cached files of type t whose name keep rejects, and
+// temporary files left by an interrupted Put.
+func (c *FileCache) Retain(t FileType, keep func(name string) bool) {
+	root := filepath.Join(c.dir, string(t))
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if name := d.Name(); strings.HasPrefix(name, ".tmp-") || !keep(name) {
+			_ = os.Remove(p)
+		}
+		return nil
+	})
+}
 
 // cached reports whether files of type t are kept in the cache: the small,
 // immutable ones that listings and incremental runs read again and again.

@@ -318,20 +318,38 @@ func (r *Repo) LoadJSON(ctx context.Context, t FileType, id ID, v any) error {
 	return nil
 }
 
-// RemoveFile deletes t/id.
+// RemoveFile deletes t/id, and its cached copy.
 func (r *Repo) RemoveFile(ctx context.Context, t FileType, id ID) error {
-	return r.be.Remove(ctx, Handle{Type: t, Name: id.String()})
+	h := Handle{Type: t, Name: id.String()}
+	if r.cache != nil {
+		r.cache.Remove(h)
+	}
+	return r.be.Remove(ctx, h)
 }
 
-// ListIDs calls fn for every well-named file of type t.
+// ListIDs calls fn for every well-named file of type t. A complete listing
+// of a cached type also drops the cached copies of files that are gone
+// (removed by another host's forget or prune), so the cache does not grow
+// without end.
 func (r *Repo) ListIDs(ctx context.Context, t FileType, fn func(ID, int64) error) error {
-	return r.be.List(ctx, t, func(fi FileInfo) error {
+	var present map[string]struct{}
+	if r.cache != nil && cached(t) {
+		present = map[string]struct{}{}
+	}
+	err := r.be.List(ctx, t, func(fi FileInfo) error {
 		id, err := ParseID(fi.Name)
 		if err != nil {
 			return nil // not ours (a temp file or a stray): ignore
 		}
+		if present != nil {
+			present[fi.Name] = struct{}{}
+		}
 		return fn(id, fi.Size)
 	})
+	if err == nil && present != nil {
+		r.cache.Retain(t, func(name string) bool { _, ok := present[name]; return ok })
+	}
+	return err
 }
 
 // ErrAmbiguous means an id prefix matched several files.
