@@ -25,6 +25,8 @@ test:
 	$(GO) vet ./...
 	$(MAKE) --no-print-directory fmt-check
 	TESTENV_BIN_DIR=$(CURDIR)/.cache/testbin $(GO) test -timeout 20m ./...
+	# The end-to-end suite once more, every repository a bucket on MinIO.
+	CAIRN_TEST_BACKEND=s3 TESTENV_BIN_DIR=$(CURDIR)/.cache/testbin $(GO) test -timeout 20m ./tests/
 
 fmt-check:
 	@unformatted=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \

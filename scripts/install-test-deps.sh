@@ -7,7 +7,9 @@
 # Adding a dependency:
 #   - a Debian package: one line in APT_DEPS ("command package");
 #   - a Go-built server: one go_dep line in install_go_deps (see
-#     shared docs/test-servers.md §1 for the pinned versions).
+#     shared docs/test-servers.md §1 for the pinned versions), or a tool_dep
+#     line when it must be built from a pinned module under tests/tools
+#     (servers whose go.mod has replace directives, like etcd).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -16,6 +18,14 @@ cd "$(dirname "$0")/.."
 APT_DEPS=(
 	"restic restic" # benchmark baseline; oracle for compatibility tests
 	"/usr/bin/time time" # peak RSS in scripts/bench.sh
+	# Servers for tests/testenv (see test-servers.md §4-6). PostgreSQL 15 is
+	# usually on the image already; --no-upgrade below keeps its version.
+	"/usr/lib/postgresql/15/bin/postgres postgresql-15"
+	"/usr/lib/postgresql/15/bin/pg_dump postgresql-client-15"
+	"/usr/sbin/mariadbd mariadb-server"
+	"mariadb-dump mariadb-client"
+	"redis-server redis-server"
+	"redis-cli redis-tools"
 )
 
 # Go-built binaries go here; the tests find them through TESTENV_BIN_DIR.
@@ -43,7 +53,7 @@ install_apt_deps() {
 	export DEBIAN_FRONTEND=noninteractive
 	local apt=(apt-get -q -y -o DPkg::Lock::Timeout=600)
 	if ! "${apt[@]}" update >/dev/null ||
-		! "${apt[@]}" install --no-install-recommends "${missing[@]}" >/dev/null; then
+		! "${apt[@]}" install --no-install-recommends --no-upgrade "${missing[@]}" >/dev/null; then
 		log "apt-get could not install ${missing[*]}; going on without them"
 	fi
 }
@@ -57,9 +67,24 @@ go_dep() {
 	go install "$mod" || log "could not build $name; going on without it"
 }
 
+# tool_dep NAME DIR PACKAGE: build PACKAGE as $GOBIN/NAME inside the module in
+# DIR, whose go.mod pins it, unless $GOBIN/NAME exists.
+tool_dep() {
+	local name=$1 dir=$2 pkg=$3
+	[[ -x $GOBIN/$name ]] && return 0
+	log "building $name from $pkg ($dir)"
+	mkdir -p "$GOBIN"
+	(cd "$dir" && go build -o "$GOBIN/$name" "$pkg") || log "could not build $name; going on without it"
+}
+
 install_go_deps() {
 	# S3 server for repo/s3 (about 5 minutes cold; see test-servers.md §2).
 	go_dep minio github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
+	# etcd v3.6.16 (about 1.5 minutes cold; test-servers.md §3). Its modules
+	# have replace directives, so go install MODULE@VERSION refuses them.
+	tool_dep etcd tests/tools/etcd go.etcd.io/etcd/server/v3
+	tool_dep etcdctl tests/tools/etcd go.etcd.io/etcd/etcdctl/v3
+	tool_dep etcdutl tests/tools/etcd go.etcd.io/etcd/etcdutl/v3
 }
 
 install_apt_deps

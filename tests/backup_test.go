@@ -159,13 +159,13 @@ func TestBackupDryRun(t *testing.T) {
 	e := NewRepo(t)
 	src := filepath.Join(e.Dir, "src")
 	nfiles, _, _ := sourceTree(t, src)
-	before := repoListing(t, e.Repo)
+	before := repoListing(t, e)
 
 	sum := Summary(t, e.Must("backup", "--dry-run", "--json", src).Stdout)
 	if n := intField(t, sum, "files_new"); n != int64(nfiles) {
 		t.Errorf("dry run: files_new %d, want %d", n, nfiles)
 	}
-	if after := repoListing(t, e.Repo); !slices.Equal(before, after) {
+	if after := repoListing(t, e); !slices.Equal(before, after) {
 		t.Errorf("dry run changed the repository:\nbefore %v\nafter  %v", before, after)
 	}
 	if n := len(e.Snapshots()); n != 0 {
@@ -179,10 +179,10 @@ func TestBackupDryRun(t *testing.T) {
 	// After a real backup, a dry run over changes stores nothing either.
 	e.Must("backup", src)
 	WriteFile(t, filepath.Join(src, "more"), randomBytes(9, 100<<10))
-	before = repoListing(t, e.Repo)
+	before = repoListing(t, e)
 	sum = Summary(t, e.Must("backup", "-n", "--json", src).Stdout)
 	wantCounts(t, "dry run after changes", sum, map[string]int64{"files_new": 1, "files_unmodified": int64(nfiles)})
-	if after := repoListing(t, e.Repo); !slices.Equal(before, after) {
+	if after := repoListing(t, e); !slices.Equal(before, after) {
 		t.Errorf("dry run changed the repository:\nbefore %v\nafter  %v", before, after)
 	}
 	if n := len(e.Snapshots()); n != 1 {
@@ -225,7 +225,7 @@ func TestBackupTagsHostTime(t *testing.T) {
 		t.Skipf("no time zone database for a local-time check: %v", err)
 	}
 	ist := *e
-	ist.Extra = []string{"TZ=Asia/Kolkata"}
+	ist.Extra = append(slices.Clone(e.Extra), "TZ=Asia/Kolkata")
 	ist.Must("backup", src, "--host", "local", "--time", "2001-02-03 04:05:06")
 	sn = ist.Snapshots("--host", "local")
 	wantTime(t, sn[0], time.Date(2001, 2, 3, 4, 5, 6, 0, loc))
@@ -559,9 +559,9 @@ func TestBackupDedupShiftedData(t *testing.T) {
 	}
 	want := fileHash(t, path)
 
-	before := repoSize(t, e.Repo)
+	before := repoSize(t, e)
 	sum = Summary(t, e.Must("backup", "--json", src).Stdout)
-	grown := repoSize(t, e.Repo) - before
+	grown := repoSize(t, e) - before
 	limit := int64(size) * 5 / 100
 	t.Logf("the edits grew the repository by %d bytes (%.2f%%), data_added %d",
 		grown, 100*float64(grown)/size, intField(t, sum, "data_added"))

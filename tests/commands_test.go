@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"archive/zip"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -21,6 +22,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cairn-backup/cairn/repo"
+	"github.com/cairn-backup/cairn/repo/s3"
 )
 
 // The tests in this file cover init, passwords, snapshots, ls, diff, dump,
@@ -35,21 +39,18 @@ func TestInit(t *testing.T) {
 	if !strings.Contains(r.Stdout, "created") {
 		t.Errorf("init says nothing about what it created:\n%s", r)
 	}
-	config, err := os.ReadFile(filepath.Join(e.Repo, "config"))
-	if err != nil {
-		t.Fatalf("init wrote no config: %v", err)
-	}
-	if keys := repoFiles(t, e.Repo, "keys"); len(keys) != 1 {
+	configFile := repo.Handle{Type: repo.ConfigFile}
+	config := readRepoFile(t, e, configFile)
+	if keys := repoFiles(t, e, "keys"); len(keys) != 1 {
 		t.Errorf("keys after init: %v, want one", keys)
 	}
 
 	r = e.Fails(1, "init")
 	wantErrLine(t, r, "already exists")
-	again, err := os.ReadFile(filepath.Join(e.Repo, "config"))
-	if err != nil || !bytes.Equal(again, config) {
-		t.Errorf("a second init changed the config (err %v)", err)
+	if again := readRepoFile(t, e, configFile); !bytes.Equal(again, config) {
+		t.Errorf("a second init changed the config")
 	}
-	if keys := repoFiles(t, e.Repo, "keys"); len(keys) != 1 {
+	if keys := repoFiles(t, e, "keys"); len(keys) != 1 {
 		t.Errorf("keys after a second init: %v, want one", keys)
 	}
 	if list := e.Snapshots(); len(list) != 0 {
@@ -72,8 +73,8 @@ func TestMissingRepository(t *testing.T) {
 		r := e.Fails(10, args...)
 		wantErrLine(t, r, e.Repo, "does not exist", "cairn init")
 	}
-	if _, err := os.Stat(e.Repo); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("a command on a missing repository created %s (err %v)", e.Repo, err)
+	if repoCreated(t, e) {
+		t.Errorf("a command on a missing repository created %s", e.Repo)
 	}
 	if _, err := os.Stat(filepath.Join(e.Dir, "target")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("restore from a missing repository created its target (err %v)", err)
@@ -86,7 +87,7 @@ func TestWrongPassword(t *testing.T) {
 	src := filepath.Join(e.Dir, "src")
 	WriteFile(t, filepath.Join(src, "f"), []byte("content"))
 	e.Must("backup", src)
-	before := repoListing(t, e.Repo)
+	before := repoListing(t, e)
 
 	bad := *e
 	bad.Password = "not the password"
@@ -103,7 +104,7 @@ func TestWrongPassword(t *testing.T) {
 			t.Errorf("the error shows the password: %s", r.Stderr)
 		}
 	}
-	if after := repoListing(t, e.Repo); !slices.Equal(before, after) {
+	if after := repoListing(t, e); !slices.Equal(before, after) {
 		t.Errorf("commands with a wrong password changed the repository:\nbefore %v\nafter  %v", before, after)
 	}
 	if _, err := os.Stat(filepath.Join(e.Dir, "target")); !errors.Is(err, fs.ErrNotExist) {
@@ -124,11 +125,11 @@ func TestPasswordSources(t *testing.T) {
 	e.Must("init", "--password-file", pwFile)
 	e.Must("snapshots", "--password-file", pwFile)
 	withEnv := *e
-	withEnv.Extra = []string{"CAIRN_PASSWORD_FILE=" + pwFile}
+	withEnv.Extra = append(slices.Clone(e.Extra), "CAIRN_PASSWORD_FILE="+pwFile)
 	withEnv.Must("snapshots")
 	e.Must("snapshots", "--password-command", "cat "+pwFile)
 	withCmd := *e
-	withCmd.Extra = []string{"CAIRN_PASSWORD_COMMAND=cat " + pwFile}
+	withCmd.Extra = append(slices.Clone(e.Extra), "CAIRN_PASSWORD_COMMAND=cat "+pwFile)
 	withCmd.Must("snapshots")
 	plain := *e
 	plain.Password = "from a file"
@@ -613,7 +614,7 @@ func TestKey(t *testing.T) {
 	if n := len(third.Snapshots()); n != 1 {
 		t.Errorf("after refusing to remove the last key: %d snapshots, want 1", n)
 	}
-	if k := repoFiles(t, e.Repo, "keys"); len(k) != 1 {
+	if k := repoFiles(t, e, "keys"); len(k) != 1 {
 		t.Errorf("key files: %v, want one", k)
 	}
 	wantErrLine(t, third.Fails(1, "key", "remove", "abcdef"), "abcdef")
@@ -654,8 +655,8 @@ func TestCat(t *testing.T) {
 		t.Errorf("cat snapshot: tree %v", sn["tree"])
 	}
 
-	indexes := repoFiles(t, e.Repo, "index")
-	packs := repoFiles(t, e.Repo, "data")
+	indexes := repoFiles(t, e, "index")
+	packs := repoFiles(t, e, "data")
 	if len(indexes) == 0 || len(packs) == 0 {
 		t.Fatalf("after a backup: index files %v, packs %v", indexes, packs)
 	}
@@ -666,15 +667,15 @@ func TestCat(t *testing.T) {
 			Blobs []map[string]any `json:"blobs"`
 		} `json:"packs"`
 	}
-	catJSON(t, e, &idx, "cat", "index", filepath.Base(indexes[0])[:10])
-	if idx.ID != filepath.Base(indexes[0]) || len(idx.Packs) == 0 {
+	catJSON(t, e, &idx, "cat", "index", indexes[0].Name[:10])
+	if idx.ID != indexes[0].Name || len(idx.Packs) == 0 {
 		t.Errorf("cat index: %+v", idx)
 	}
 	var pk struct {
 		ID    string           `json:"id"`
 		Blobs []map[string]any `json:"blobs"`
 	}
-	name := filepath.Base(packs[0])
+	name := packs[0].Name
 	catJSON(t, e, &pk, "cat", "pack", name)
 	if pk.ID != name || len(pk.Blobs) == 0 {
 		t.Errorf("cat pack: %+v", pk)
@@ -742,11 +743,8 @@ func TestSnapshotIDs(t *testing.T) {
 	if twin == id {
 		twin = id[:4] + strings.Repeat("1", 60)
 	}
-	data, err := os.ReadFile(filepath.Join(e.Repo, "snapshots", id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	WriteFile(t, filepath.Join(e.Repo, "snapshots", twin), data)
+	data := readRepoFile(t, e, repo.Handle{Type: repo.SnapshotFile, Name: id})
+	writeRepoFile(t, e, repo.Handle{Type: repo.SnapshotFile, Name: twin}, data)
 	wantErrLine(t, e.Fails(1, "ls", id[:4]), "ambiguous", id[:4])
 	wantErrLine(t, e.Fails(1, "restore", id[:4], "--target", filepath.Join(e.Dir, "target")), "ambiguous", id[:4])
 	if id[4] != twin[4] {
@@ -832,57 +830,121 @@ func randomBytes(seed uint64, n int) []byte {
 	return b
 }
 
-// repoFiles lists the files under dir of the repository (all of it for
-// ""), leaving out the backend's temporary files.
-func repoFiles(t *testing.T, repo, dir string) []string {
+// repoFile is a file of a repository and its size.
+type repoFile struct {
+	repo.Handle
+	Size int64
+}
+
+// repoInfos lists the files of type typ in e's repository (all of them
+// for ""), sorted by name, as the backend sees them: a local backend leaves
+// out its temporary files. A bucket that does not exist holds no files.
+func repoInfos(t *testing.T, e *Env, typ repo.FileType) []repoFile {
 	t.Helper()
-	var out []string
-	root := filepath.Join(repo, dir)
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if p == root && errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if !d.IsDir() && !strings.HasPrefix(d.Name(), ".tmp-") {
-			out = append(out, p)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	types := []repo.FileType{typ}
+	if typ == "" {
+		types = []repo.FileType{repo.ConfigFile, repo.KeyFile, repo.PackFile, repo.IndexFile, repo.SnapshotFile, repo.LockFile}
 	}
-	sort.Strings(out)
+	var out []repoFile
+	for _, ft := range types {
+		err := e.Backend().List(context.Background(), ft, func(fi repo.FileInfo) error {
+			h := repo.Handle{Type: ft, Name: fi.Name}
+			if ft == repo.ConfigFile {
+				h.Name = ""
+			}
+			out = append(out, repoFile{h, fi.Size})
+			return nil
+		})
+		if errors.Is(err, s3.ErrNoBucket) {
+			return nil
+		}
+		if err != nil {
+			t.Fatalf("list the repository: %v", err)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+// repoFiles lists the files of type typ in e's repository (all of them for
+// ""), sorted by name.
+func repoFiles(t *testing.T, e *Env, typ repo.FileType) []repo.Handle {
+	t.Helper()
+	var out []repo.Handle
+	for _, f := range repoInfos(t, e, typ) {
+		out = append(out, f.Handle)
+	}
 	return out
 }
 
 // repoListing is every file of the repository with its size.
-func repoListing(t *testing.T, repo string) []string {
+func repoListing(t *testing.T, e *Env) []string {
 	t.Helper()
 	var out []string
-	for _, p := range repoFiles(t, repo, "") {
-		fi, err := os.Stat(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, fmt.Sprintf("%s %d", strings.TrimPrefix(p, repo), fi.Size()))
+	for _, f := range repoInfos(t, e, "") {
+		out = append(out, fmt.Sprintf("%s %d", f, f.Size))
 	}
 	return out
 }
 
 // repoSize is the sum of the sizes of the repository's files.
-func repoSize(t *testing.T, repo string) int64 {
+func repoSize(t *testing.T, e *Env) int64 {
 	t.Helper()
 	var n int64
-	for _, p := range repoFiles(t, repo, "") {
-		fi, err := os.Stat(p)
+	for _, f := range repoInfos(t, e, "") {
+		n += f.Size
+	}
+	return n
+}
+
+// readRepoFile returns the content of a file of e's repository.
+func readRepoFile(t *testing.T, e *Env, h repo.Handle) []byte {
+	t.Helper()
+	data, err := repo.ReadAll(context.Background(), e.Backend(), h)
+	if err != nil {
+		t.Fatalf("read %s from the repository: %v", h, err)
+	}
+	return data
+}
+
+// writeRepoFile stores data as a file of e's repository, as cairn would.
+func writeRepoFile(t *testing.T, e *Env, h repo.Handle, data []byte) {
+	t.Helper()
+	if err := e.Backend().Save(context.Background(), h, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("write %s to the repository: %v", h, err)
+	}
+}
+
+// removeRepoFile deletes a file of e's repository.
+func removeRepoFile(t *testing.T, e *Env, h repo.Handle) {
+	t.Helper()
+	if err := e.Backend().Remove(context.Background(), h); err != nil {
+		t.Fatalf("remove %s from the repository: %v", h, err)
+	}
+}
+
+// repoCreated reports whether the place of e's repository exists at all:
+// its directory, or its bucket.
+func repoCreated(t *testing.T, e *Env) bool {
+	t.Helper()
+	if !e.onS3() {
+		_, err := os.Stat(e.Repo)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		n += fi.Size()
+		return true
 	}
-	return n
+	err := e.Backend().List(context.Background(), repo.KeyFile, func(repo.FileInfo) error { return nil })
+	if errors.Is(err, s3.ErrNoBucket) {
+		return false
+	}
+	if err != nil {
+		t.Fatalf("list the repository: %v", err)
+	}
+	return true
 }
 
 // treeState describes every entry below root: directories, symlinks with

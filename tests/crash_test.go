@@ -70,7 +70,7 @@ poll:
 			break poll
 		case <-tick.C:
 		}
-		if !at.reached(len(repoFiles(t, e.Repo, "data")), len(repoFiles(t, e.Repo, "index"))) {
+		if !at.reached(len(repoFiles(t, e, "data")), len(repoFiles(t, e, "index"))) {
 			continue
 		}
 		if serr := cmd.Process.Signal(sig); serr == nil {
@@ -101,11 +101,11 @@ poll:
 func recoverAndCheck(t *testing.T, e *Env, src string) map[string]any {
 	t.Helper()
 	before := e.Snapshots()
-	for _, p := range repoFiles(t, e.Repo, "data") {
-		e.Must("cat", "pack", filepath.Base(p))
+	for _, p := range repoFiles(t, e, "data") {
+		e.Must("cat", "pack", p.Name)
 	}
 	sum := Summary(t, e.Must("backup", "--json", src).Stdout)
-	if locks := repoFiles(t, e.Repo, "locks"); len(locks) != 0 {
+	if locks := repoFiles(t, e, "locks"); len(locks) != 0 {
 		t.Errorf("locks left after a successful backup: %v", locks)
 	}
 	id := sum["snapshot_id"].(string)
@@ -147,13 +147,13 @@ func TestBackupKilled(t *testing.T) {
 		t.Run(strings.ReplaceAll(at.name, " ", "_"), func(t *testing.T) {
 			e := crashEnv(t)
 			code, stderr, sent := startBackup(t, e, src, at, syscall.SIGKILL)
-			indexed := len(repoFiles(t, e.Repo, "index")) > 0
+			indexed := len(repoFiles(t, e, "index")) > 0
 			switch {
 			case sent && code == -int(syscall.SIGKILL):
 				killed++
 				t.Logf("killed %s: %d packs, %d index files, %d snapshots", at.name,
-					len(repoFiles(t, e.Repo, "data")), len(repoFiles(t, e.Repo, "index")),
-					len(repoFiles(t, e.Repo, "snapshots")))
+					len(repoFiles(t, e, "data")), len(repoFiles(t, e, "index")),
+					len(repoFiles(t, e, "snapshots")))
 			case code == 0:
 				t.Logf("the backup ended before it could be killed %s", at.name)
 			default:
@@ -190,7 +190,7 @@ func TestBackupInterrupted(t *testing.T) {
 			if n := len(e.Snapshots()); n != 0 {
 				t.Errorf("an interrupted backup saved %d snapshots", n)
 			}
-			if locks := repoFiles(t, e.Repo, "locks"); len(locks) != 0 {
+			if locks := repoFiles(t, e, "locks"); len(locks) != 0 {
 				t.Errorf("an interrupted backup left its lock: %v", locks)
 			}
 			recoverAndCheck(t, e, src)
@@ -230,7 +230,7 @@ func TestRepositoryLocks(t *testing.T) {
 	plantLock(t, e, repo.Lock{Time: time.Now(), Hostname: host, Username: "root", PID: pid})
 	e.Must("backup", src)
 	e.Must("restore", "latest", "--target", target)
-	if n := len(repoFiles(t, e.Repo, "locks")); n != 1 {
+	if n := len(repoFiles(t, e, "locks")); n != 1 {
 		t.Errorf("%d locks, want the live shared one", n)
 	}
 
@@ -248,21 +248,19 @@ func TestRepositoryLocks(t *testing.T) {
 	_ = holder.Process.Kill()
 	_ = holder.Wait()
 	e.Must("backup", src)
-	if locks := repoFiles(t, e.Repo, "locks"); len(locks) != 0 {
+	if locks := repoFiles(t, e, "locks"); len(locks) != 0 {
 		t.Errorf("stale locks of a dead process were left: %v", locks)
 	}
 
 	// Another host's lock: live until not refreshed for 30 minutes.
 	plantLock(t, e, repo.Lock{Time: time.Now().Add(-10 * time.Minute), Exclusive: true, Hostname: "elsewhere", PID: 1})
 	wantErrLine(t, e.Fails(11, "backup", src), "locked", "elsewhere")
-	for _, p := range repoFiles(t, e.Repo, "locks") {
-		if err := os.Remove(p); err != nil {
-			t.Fatal(err)
-		}
+	for _, h := range repoFiles(t, e, "locks") {
+		removeRepoFile(t, e, h)
 	}
 	plantLock(t, e, repo.Lock{Time: time.Now().Add(-31 * time.Minute), Exclusive: true, Hostname: "elsewhere", PID: 1})
 	e.Must("backup", src)
-	if locks := repoFiles(t, e.Repo, "locks"); len(locks) != 0 {
+	if locks := repoFiles(t, e, "locks"); len(locks) != 0 {
 		t.Errorf("a lock not refreshed for 31 minutes was left: %v", locks)
 	}
 }

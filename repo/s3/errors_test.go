@@ -3,6 +3,7 @@ package s3
 import (
 	"errors"
 	"net"
+	"net/url"
 	"syscall"
 	"testing"
 
@@ -42,6 +43,9 @@ func TestMapError(t *testing.T) {
 		{"other client error", resp(400, minio.InvalidArgument), false, nil, []error{repo.ErrNotFound}, false},
 		// Not an S3 answer: left to the retry package, which knows network errors.
 		{"connection refused", refused, true, []error{syscall.ECONNREFUSED}, []error{repo.ErrNotFound}, true},
+		// minio-go's own rewording of a connection closed before the answer.
+		{"connection closed", &url.Error{Op: "Put", URL: "http://h/b/k", Err: errors.New("Connection closed by foreign host http://h/b/k. Retry again.")},
+			false, nil, []error{repo.ErrNotFound}, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

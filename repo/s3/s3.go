@@ -482,6 +482,12 @@ func (b *Backend) Remove(ctx context.Context, h repo.Handle) error {
 func (b *Backend) mapError(err error, config bool) error {
 	var er minio.ErrorResponse
 	if !errors.As(err, &er) {
+		// minio-go replaces the io.EOF of a connection the server closed
+		// with a message of its own, which only it recognises.
+		var ue *url.Error
+		if errors.As(err, &ue) && strings.HasPrefix(ue.Err.Error(), "Connection closed by foreign host") {
+			return retry.Transient(err)
+		}
 		return err
 	}
 	detail := fmt.Errorf("%w (%s, HTTP %d)", err, er.Code, er.StatusCode)

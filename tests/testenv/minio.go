@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -29,25 +30,45 @@ type S3Server struct {
 // fails.
 func MinIO(t testing.TB) *S3Server {
 	t.Helper()
-	bin := findBinary(t, "minio", minioInstall)
-	dir := t.TempDir()
+	s, err := StartMinIO(MinIOBinary(t), t.TempDir())
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	s.t, s.proc.t = t, t
+	s.proc.register()
+	return s
+}
+
+// MinIOBinary returns the path of the minio binary, or ends the test:
+// skipped normally, failed in CI.
+func MinIOBinary(t testing.TB) string {
+	t.Helper()
+	return findBinary(t, "minio", minioInstall)
+}
+
+// StartMinIO starts bin (see MinIOBinary) as a server with its data and log
+// in dir, for a server that outlives any one test, such as one shared by a
+// whole test binary. The caller stops it with Stop and removes dir; Start
+// is only for servers from MinIO.
+func StartMinIO(bin, dir string) (*S3Server, error) {
 	s := &S3Server{
-		AccessKey: "cairn" + randomSecret(t, 4),
-		SecretKey: randomSecret(t, 16),
+		AccessKey: "cairn" + randomHex(4),
+		SecretKey: randomHex(16),
 		Region:    "us-east-1",
-		t:         t,
 	}
 	// A free port can be taken by someone else before MinIO binds it:
 	// try again with new ports.
 	var err error
 	for range 3 {
-		api, console := freePort(t), freePort(t)
-		if api == console {
+		var api, console int
+		if api, err = pickPort(); err != nil {
+			continue
+		}
+		if console, err = pickPort(); err != nil || api == console {
 			continue
 		}
 		s.Endpoint = hostPort(api)
 		s.proc = &process{
-			t:    t,
 			name: "MinIO",
 			bin:  bin,
 			args: []string{"server",
@@ -65,12 +86,13 @@ func MinIO(t testing.TB) *S3Server {
 			logPath: filepath.Join(dir, "minio.log"),
 		}
 		if err = s.proc.start(); err == nil {
-			s.proc.register()
-			return s
+			return s, nil
 		}
 	}
-	t.Fatalf("testenv: %v\nlast lines of the MinIO log:\n%s", err, s.proc.logTail(50))
-	return nil
+	if s.proc == nil {
+		return nil, fmt.Errorf("start MinIO: %v", err)
+	}
+	return nil, fmt.Errorf("start MinIO: %v\nlast lines of the MinIO log:\n%s", err, s.proc.logTail(50))
 }
 
 // ready waits for the health check, then for a signed request to succeed:
@@ -110,6 +132,9 @@ func (s *S3Server) Env() []string {
 // Stop stops the server (SIGTERM) and waits for it to exit. Its port and
 // data stay reserved for Start. Stopping a stopped server does nothing.
 func (s *S3Server) Stop() { s.proc.stop() }
+
+// LogTail returns the last n lines of the server's log.
+func (s *S3Server) LogTail(n int) string { return s.proc.logTail(n) }
 
 // Start starts a stopped server again on the same port and data directory
 // and waits until it is ready. Call it from the test's goroutine: it fails

@@ -1,12 +1,14 @@
-// Package testenv starts throwaway servers (MinIO today) for tests: each
-// runs as a child process on free loopback ports with its data in the
-// test's temporary directory, and is stopped when the test ends.
+// Package testenv starts throwaway servers for tests: MinIO, etcd,
+// PostgreSQL, MariaDB and Redis. Each runs as a child process on free
+// loopback ports with its data in a temporary directory, and is stopped
+// when the test ends.
 //
 // Binaries are looked up in $TESTENV_BIN_DIR first (scripts/install-test-deps.sh
-// builds them into .cache/testbin, and make test points the variable there),
-// then in PATH. A missing binary skips the test, unless CI=true or
-// CAIRN_REQUIRE_SERVERS=1, which make it a failure. go test -short skips
-// every test that needs a server.
+// builds the Go-built servers into .cache/testbin, and make test points the
+// variable there), then in the system directories Debian keeps off PATH
+// (/usr/lib/postgresql/15/bin, /usr/sbin), then in PATH. A missing binary
+// skips the test, unless CI=true or CAIRN_REQUIRE_SERVERS=1, which make it a
+// failure. go test -short skips every test that needs a server.
 //
 // A new server type needs a binary name, its arguments and environment, and
 // a readiness check; the process handling, ports and logs are shared.
@@ -53,10 +55,19 @@ func findBinary(t testing.TB, name, install string) string {
 			return p
 		}
 	}
+	// Debian keeps the PostgreSQL server binaries off PATH, and /usr/sbin
+	// (mariadbd) is not on a normal user's PATH. These come before PATH,
+	// which may hold wrappers (pg_wrapper's psql) or partial symlink sets.
+	for _, dir := range []string{"/usr/lib/postgresql/15/bin", "/usr/sbin"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
 	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
-	msg := fmt.Sprintf("testenv: %s not found in $TESTENV_BIN_DIR (%q) or PATH; run scripts/install-test-deps.sh "+
+	msg := fmt.Sprintf("testenv: %s not found in $TESTENV_BIN_DIR (%q), /usr/lib/postgresql/15/bin, /usr/sbin or PATH; run scripts/install-test-deps.sh "+
 		"and set TESTENV_BIN_DIR=$PWD/.cache/testbin (or %s); CI=true or CAIRN_REQUIRE_SERVERS=1 make this a failure",
 		name, os.Getenv("TESTENV_BIN_DIR"), install)
 	if required() {
@@ -71,21 +82,33 @@ func findBinary(t testing.TB, name, install string) string {
 // that fails.
 func freePort(t testing.TB) int {
 	t.Helper()
+	port, err := pickPort()
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return port
+}
+
+// pickPort is freePort for servers that outlive a test.
+func pickPort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("testenv: free port: %v", err)
+		return 0, fmt.Errorf("free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // randomSecret returns n random bytes in hex, for throwaway credentials.
 func randomSecret(t testing.TB, n int) string {
 	t.Helper()
+	return randomHex(n)
+}
+
+// randomHex is randomSecret without a test; crypto/rand.Read never fails.
+func randomHex(n int) string {
 	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatalf("testenv: random: %v", err)
-	}
+	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
@@ -93,7 +116,7 @@ func randomSecret(t testing.TB, n int) string {
 // test's temporary directory; the end of that log is shown when the test
 // fails or the server does not start.
 type process struct {
-	t    testing.TB
+	t    testing.TB // for register; nil for a server that outlives any test
 	name string
 	bin  string
 	args []string
@@ -105,6 +128,8 @@ type process struct {
 	ready   func(ctx context.Context) error
 	stopSig syscall.Signal
 	logPath string
+	dir     string              // working directory; empty: the test's
+	cred    *syscall.Credential // user to run as; nil: the current one
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
@@ -124,9 +149,10 @@ func (p *process) start() error {
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Env = append(filterEnv(os.Environ(), p.envDrop), p.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = p.dir
 	// A backstop against servers outliving a killed test binary; the
 	// cleanup below is what normally stops them.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: p.cred}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}

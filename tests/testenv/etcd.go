@@ -1,0 +1,120 @@
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+const etcdInstall = "cd tests/tools/etcd && go build -o $GOBIN/etcd go.etcd.io/etcd/server/v3, and etcdctl and etcdutl likewise"
+
+// EtcdServer is a running single-member etcd cluster without auth or TLS.
+type EtcdServer struct {
+	Endpoint string // host:port of the client API
+	URL      string // client URL, http://Endpoint
+	Name     string // member name
+	DataDir  string
+
+	t    testing.TB
+	proc *process
+}
+
+// Etcd starts a new single-member etcd cluster for the test and stops it
+// when the test ends.
+func Etcd(t testing.TB) *EtcdServer {
+	t.Helper()
+	bin := findBinary(t, "etcd", etcdInstall)
+	dir := serverDir(t, "etcd")
+	return startEtcd(t, bin, dir, "n1", nil)
+}
+
+// RestoreEtcd restores a snapshot file (etcdctl snapshot save, or the
+// client's Maintenance.Snapshot stream) into the data directory of a new
+// member with etcdutl, starts it and returns it. The restored cluster has
+// that one member only.
+func RestoreEtcd(t testing.TB, snapshotPath string) *EtcdServer {
+	t.Helper()
+	bin := findBinary(t, "etcd", etcdInstall)
+	etcdutl := findBinary(t, "etcdutl", etcdInstall)
+	dir := serverDir(t, "etcd")
+	// The member's peer URL is written into the data directory by the
+	// restore, so each attempt with new ports restores again.
+	restore := func(name, peerURL, dataDir string) error {
+		if err := os.RemoveAll(dataDir); err != nil {
+			return err
+		}
+		cmd := exec.Command(etcdutl, "snapshot", "restore", snapshotPath,
+			"--data-dir", dataDir, "--name", name,
+			"--initial-cluster", name+"="+peerURL, "--initial-advertise-peer-urls", peerURL,
+			"--initial-cluster-token", "tok-"+name)
+		cmd.Env = filterEnv(os.Environ(), []string{"ETCD"})
+		return run(cmd)
+	}
+	return startEtcd(t, bin, dir, "restored", restore)
+}
+
+// startEtcd starts etcd as member name in dir, first running prepare (if
+// not nil) with the peer URL and data directory of each attempt.
+func startEtcd(t testing.TB, bin, dir, name string, prepare func(name, peerURL, dataDir string) error) *EtcdServer {
+	t.Helper()
+	s := &EtcdServer{Name: name, DataDir: filepath.Join(dir, "data"), t: t}
+	var err error
+	for range 3 {
+		client, peer := freePort(t), freePort(t)
+		if client == peer {
+			continue
+		}
+		s.Endpoint = hostPort(client)
+		s.URL = "http://" + s.Endpoint
+		peerURL := "http://" + hostPort(peer)
+		if prepare != nil {
+			if err := prepare(name, peerURL, s.DataDir); err != nil {
+				t.Fatalf("testenv: etcd restore: %v", err)
+			}
+		}
+		s.proc = &process{
+			t:    t,
+			name: "etcd",
+			bin:  bin,
+			// The initial-cluster flags only matter for a new data
+			// directory; a restored or restarted member reads its own.
+			args: []string{"--name", name, "--data-dir", s.DataDir,
+				"--listen-client-urls", s.URL, "--advertise-client-urls", s.URL,
+				"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+				"--initial-cluster", name + "=" + peerURL, "--initial-cluster-state", "new",
+				"--initial-cluster-token", "tok-" + name,
+				"--logger", "zap", "--log-level", "warn", "--log-outputs", "stderr"},
+			// etcd reads every flag from ETCD_* variables too.
+			envDrop: []string{"ETCD"},
+			ready:   httpReady(s.URL + "/health"),
+			stopSig: syscall.SIGTERM,
+			logPath: filepath.Join(dir, "etcd.log"),
+		}
+		if err = s.proc.start(); err == nil {
+			s.proc.register()
+			return s
+		}
+	}
+	t.Fatalf("testenv: %v\nlast lines of the etcd log:\n%s", err, s.proc.logTail(50))
+	return nil
+}
+
+// Stop stops the server (SIGTERM) and waits for it to exit. Its ports and
+// data stay reserved for Start. Stopping a stopped server does nothing.
+func (s *EtcdServer) Stop() { s.proc.stop() }
+
+// Start starts a stopped server again on the same ports and data directory
+// and waits until it is ready.
+func (s *EtcdServer) Start() {
+	s.t.Helper()
+	restart(s.t, s.proc, s.Endpoint, s.proc.start)
+}
+
+// Bin returns the path of an etcd tool (etcdctl, etcdutl), skipping or
+// failing the test like the server itself when it is missing.
+func (s *EtcdServer) Bin(name string) string {
+	s.t.Helper()
+	return findBinary(s.t, name, etcdInstall)
+}
