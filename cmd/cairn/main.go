@@ -148,6 +148,7 @@ func newApp() *cli.App {
 			newDumpCommand(),
 			newKeyCommand(),
 			newCatCommand(),
+			newPruneCommand(),
 			newVersionCommand(),
 		},
 		// Errors are printed and mapped by run, never by the library.
