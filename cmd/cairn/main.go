@@ -149,6 +149,9 @@ func newApp() *cli.App {
 			newKeyCommand(),
 			newCatCommand(),
 			newPruneCommand(),
+			newCheckCommand(),
+			newRepairCommand(),
+			newUnlockCommand(),
 			newVersionCommand(),
 		},
 		// Errors are printed and mapped by run, never by the library.
