@@ -455,7 +455,7 @@ func (s *Store) Prune(ctx context.Context, plan *PrunePlan, progress func(PruneP
 		for _, p := range fresh {
 			entries = append(entries, p.PackEntries)
 		}
-		written, err := s.writeIndex(ctx, entries, plan.indexFiles, plan.fileBlobs)
+		written, err := writeIndex(ctx, s.r, entries, plan.indexFiles, plan.fileBlobs)
 		if err != nil {
 			return err
 		}
@@ -627,11 +627,15 @@ func (s *Store) savePack(ctx context.Context, w *Writer) (newPack, error) {
 // writeIndex writes entries as index files of at most perFile blobs each
 // (more when one pack holds more). Only the last supersedes the old files:
 // until it is written the old files still count, and the earlier new ones
-// only repeat where blobs are, in packs that are all there.
-func (s *Store) writeIndex(ctx context.Context, entries []index.PackEntries, old []repo.ID, perFile int) ([]repo.ID, error) {
+// only repeat where blobs are, in packs that are all there. Prune and
+// repair index both replace the index this way.
+func writeIndex(ctx context.Context, r *repo.Repo, entries []index.PackEntries, old []repo.ID, perFile int) ([]repo.ID, error) {
+	if len(entries) == 0 && len(old) == 0 {
+		return nil, nil
+	}
 	var written []repo.ID
 	save := func(f *index.File) error {
-		id, err := s.r.SaveFile(ctx, repo.IndexFile, f.Encode())
+		id, err := r.SaveFile(ctx, repo.IndexFile, f.Encode())
 		if err != nil {
 			return fmt.Errorf("save index: %w", err)
 		}
@@ -643,7 +647,7 @@ func (s *Store) writeIndex(ctx context.Context, entries []index.PackEntries, old
 	for _, p := range entries {
 		if n > 0 && n+len(p.Blobs) > perFile {
 			if err := save(&index.File{Packs: chunk}); err != nil {
-				return nil, err
+				return written, err
 			}
 			chunk, n = nil, 0
 		}
@@ -651,7 +655,7 @@ func (s *Store) writeIndex(ctx context.Context, entries []index.PackEntries, old
 		n += len(p.Blobs)
 	}
 	if err := save(&index.File{Supersedes: old, Packs: chunk}); err != nil {
-		return nil, err
+		return written, err
 	}
 	return written, nil
 }

@@ -174,11 +174,11 @@ func RebuildIndex(ctx context.Context, r *repo.Repo, opts RebuildOptions) (Rebui
 		res.NewPacks = len(s.packs)
 	}
 
-	n, err := saveRebuiltIndex(ctx, r, packs, oldFiles)
+	written, err := writeIndex(ctx, r, packs, oldFiles, index.FlushEvery)
 	if err != nil {
 		return res, err
 	}
-	res.NewIndexes = n
+	res.NewIndexes = len(written)
 	res.OldIndexes = len(oldFiles)
 	for _, id := range oldFiles {
 		if err := r.RemoveFile(ctx, repo.IndexFile, id); err != nil {
@@ -342,31 +342,4 @@ func (s *salvager) store(ctx context.Context, w *Writer) error {
 	}
 	s.packs = append(s.packs, index.PackEntries{Pack: p.ID, Blobs: p.Blobs})
 	return nil
-}
-
-// saveRebuiltIndex saves packs as index files of at most index.FlushEvery blobs
-// each; the last one supersedes old. It returns how many it wrote.
-func saveRebuiltIndex(ctx context.Context, r *repo.Repo, packs []index.PackEntries, old []repo.ID) (int, error) {
-	var files []*index.File
-	cur, n := &index.File{}, 0
-	for _, p := range packs {
-		if n > 0 && n+len(p.Blobs) > index.FlushEvery {
-			files = append(files, cur)
-			cur, n = &index.File{}, 0
-		}
-		cur.Packs = append(cur.Packs, p)
-		n += len(p.Blobs)
-	}
-	if len(cur.Packs) > 0 || len(old) > 0 {
-		files = append(files, cur)
-	}
-	for i, f := range files {
-		if i == len(files)-1 {
-			f.Supersedes = old
-		}
-		if _, err := r.SaveFile(ctx, repo.IndexFile, f.Encode()); err != nil {
-			return i, fmt.Errorf("save index: %w", err)
-		}
-	}
-	return len(files), nil
 }
