@@ -226,35 +226,9 @@ func DecodeHeader(plain []byte, headerOffset int64) ([]repo.PackedBlob, error) {
 
 // ReadHeader loads and decodes the header of a stored pack.
 func ReadHeader(ctx context.Context, be repo.Backend, key *crypto.Key, id repo.ID) ([]repo.PackedBlob, error) {
-	h := repo.Handle{Type: repo.PackFile, Name: id.String()}
-	fi, err := be.Stat(ctx, h)
+	fi, err := be.Stat(ctx, repo.Handle{Type: repo.PackFile, Name: id.String()})
 	if err != nil {
 		return nil, err
 	}
-	if fi.Size < 4 {
-		return nil, fmt.Errorf("pack %s: %d bytes is too short for a header", id.Short(), fi.Size)
-	}
-	// One read usually gets the whole header: most packs hold few blobs.
-	guess := min(fi.Size, 64<<10)
-	tail, err := repo.ReadAt(ctx, be, h, fi.Size-guess, int(guess), nil)
-	if err != nil {
-		return nil, fmt.Errorf("read pack %s header: %w", id.Short(), err)
-	}
-	n, err := TrailerSize(tail[len(tail)-4:], fi.Size)
-	if err != nil {
-		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
-	}
-	if n > guess {
-		if tail, err = repo.ReadAt(ctx, be, h, fi.Size-n, int(n), nil); err != nil {
-			return nil, fmt.Errorf("read pack %s header: %w", id.Short(), err)
-		}
-	}
-	blobs, err := ParseTrailer(key, tail, fi.Size)
-	if err != nil {
-		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
-	}
-	for i := range blobs {
-		blobs[i].Pack = id
-	}
-	return blobs, nil
+	return LoadHeader(ctx, be, key, id, fi.Size)
 }
