@@ -150,10 +150,13 @@ func (r *Repo) RemoveLocks(ctx context.Context, all bool) (int, error) {
 	err := r.ListIDs(ctx, LockFile, func(id ID, _ int64) error {
 		var l Lock
 		err := r.LoadJSON(ctx, LockFile, id, &l)
-		if err != nil && !errors.Is(err, ErrNotFound) && !all {
+		if errors.Is(err, ErrNotFound) {
+			return nil // released meanwhile
+		}
+		if err != nil && !all {
 			return err
 		}
-		if all || err != nil || l.Stale(now) {
+		if all || l.Stale(now) {
 			if err := r.RemoveFile(ctx, LockFile, id); err != nil {
 				return err
 			}
