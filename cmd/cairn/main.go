@@ -148,6 +148,7 @@ func newApp() *cli.App {
 			newDumpCommand(),
 			newKeyCommand(),
 			newCatCommand(),
+			newForgetCommand(),
 			newPruneCommand(),
 			newCheckCommand(),
 			newRepairCommand(),
