@@ -16,6 +16,7 @@ const (
 	IndexFile    FileType = "index"
 	SnapshotFile FileType = "snapshots"
 	LockFile     FileType = "locks"
+	RunFile      FileType = "runs"
 )
 
 // Handle names one file in a backend. Config has an empty Name.

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairn-backup/cairn/cluster"
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
 	"github.com/cairn-backup/cairn/snapshot"
@@ -23,7 +24,7 @@ func newBackupCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "backup",
 		Usage:     "save files, standard input or a command's output as a new snapshot",
-		ArgsUsage: "PATH... | --stdin | --stdin-from-command -- CMD [ARGS...]",
+		ArgsUsage: "PATH... | --stdin | --stdin-from-command -- CMD [ARGS...] | --config FILE",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "exclude", Aliases: []string{"e"}, Usage: "exclude entries matching `GLOB` (repeatable)"},
 			&cli.StringSliceFlag{Name: "exclude-file", Usage: "read exclude patterns from `FILE` (repeatable)"},
@@ -39,7 +40,10 @@ func newBackupCommand() *cli.Command {
 			&cli.BoolFlag{Name: "force", Usage: "read every file, even the unchanged ones"},
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "read everything, store nothing"},
 			&cli.StringFlag{Name: "cluster", Usage: "record cluster `NAME`"},
-			&cli.StringFlag{Name: "component", Usage: "record component `NAME`"},
+			&cli.StringSliceFlag{Name: "component", Usage: "record component `NAME`; with --config, back up the components matching `GLOB` (repeatable)"},
+			&cli.StringFlag{Name: "config", Usage: "back up the components of the cluster file `FILE` as one run"},
+			&cli.StringFlag{Name: "run", Usage: "with --config: join run `RUN_ID`, creating it if it does not exist (default: a new run)"},
+			&cli.StringFlag{Name: "node", Usage: "with --config: this node's `NAME`, which selects its components and is their snapshots' host (default: --host, else the hostname)"},
 		},
 		Action: runBackup,
 	}
@@ -58,6 +62,14 @@ type backupSummary struct {
 }
 
 func runBackup(c *cli.Context) error {
+	if c.IsSet("config") {
+		return runClusterBackup(c)
+	}
+	for _, f := range []string{"run", "node"} {
+		if c.IsSet(f) {
+			return usageError(c, "--%s needs --config", f)
+		}
+	}
 	out := newOutput(c)
 	opts, err := backupOptions(c)
 	if err != nil {
@@ -147,10 +159,16 @@ func backupOptions(c *cli.Context) (snapshot.BackupOptions, error) {
 	case !stdin && !fromCmd && c.IsSet("stdin-filename"):
 		return snapshot.BackupOptions{}, usageError(c, "--stdin-filename needs --stdin or --stdin-from-command")
 	}
+	if len(c.StringSlice("component")) > 1 {
+		return snapshot.BackupOptions{}, usageError(c, "one --component names the snapshot's component; several select components only with --config")
+	}
 	opts := snapshot.BackupOptions{
 		Excludes: c.StringSlice("exclude"), IExcludes: c.StringSlice("iexclude"),
 		OneFileSystem: c.Bool("one-file-system"), Force: c.Bool("force"), DryRun: c.Bool("dry-run"),
-		Hostname: c.String("host"), Cluster: c.String("cluster"), Component: c.String("component"),
+		Hostname: c.String("host"), Cluster: c.String("cluster"),
+	}
+	if comps := c.StringSlice("component"); len(comps) == 1 {
+		opts.Component = comps[0]
 	}
 	for _, f := range c.StringSlice("exclude-file") {
 		patterns, err := snapshot.ReadPatternFile(f)
@@ -159,13 +177,7 @@ func backupOptions(c *cli.Context) (snapshot.BackupOptions, error) {
 		}
 		opts.Excludes = append(opts.Excludes, patterns...)
 	}
-	for _, t := range c.StringSlice("tag") {
-		for _, t := range strings.Split(t, ",") {
-			if t = strings.TrimSpace(t); t != "" && !slices.Contains(opts.Tags, t) {
-				opts.Tags = append(opts.Tags, t)
-			}
-		}
-	}
+	opts.Tags = readTags(c)
 	if opts.Hostname == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -190,6 +202,132 @@ func backupOptions(c *cli.Context) (snapshot.BackupOptions, error) {
 		}
 	}
 	return opts, nil
+}
+
+// readTags returns the --tag values, split at commas, without duplicates.
+func readTags(c *cli.Context) []string {
+	var tags []string
+	for _, t := range c.StringSlice("tag") {
+		for _, t := range strings.Split(t, ",") {
+			if t = strings.TrimSpace(t); t != "" && !slices.Contains(tags, t) {
+				tags = append(tags, t)
+			}
+		}
+	}
+	return tags
+}
+
+// runClusterBackup is backup --config: this node's components of the
+// cluster file, as one run (cluster.md).
+func runClusterBackup(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageError(c, "--config takes no paths: the cluster file names what to back up")
+	}
+	for _, f := range []string{"stdin", "stdin-from-command", "stdin-filename", "exclude", "exclude-file", "iexclude",
+		"one-file-system", "parent", "cluster", "dry-run"} {
+		if c.IsSet(f) {
+			return usageError(c, "--%s does not go with --config: the cluster file says what each component is", f)
+		}
+	}
+	cfg, err := cluster.Load(c.String("config"))
+	if err != nil {
+		return err
+	}
+	runID := c.String("run")
+	if runID != "" {
+		if err := cluster.CheckRunID(runID); err != nil {
+			return err
+		}
+	}
+	node := c.String("node")
+	if node == "" {
+		node = c.String("host")
+	}
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return fmt.Errorf("hostname: %w (give --node)", err)
+		}
+	}
+	comps, err := cfg.Select(node, c.StringSlice("component"))
+	if err != nil {
+		return err
+	}
+	var when time.Time
+	if s := c.String("time"); s != "" {
+		if when, err = parseTime(s); err != nil {
+			return fmt.Errorf("--time: %w", err)
+		}
+	}
+	if err := useClusterRepository(c, cfg); err != nil {
+		return err
+	}
+
+	out := newOutput(c)
+	return withStore(c, true, func(ctx context.Context, r *repo.Repo, store *pack.Store) error {
+		res, err := cluster.Backup(ctx, store, cluster.BackupOptions{
+			Config: cfg, Components: comps, Node: node, Run: runID,
+			Tags: readTags(c), Time: when, Force: c.Bool("force"),
+			Log:      os.Stderr,
+			Reporter: func(*cluster.Component) snapshot.Reporter { return out.reporter("read") },
+			Unreadable: func(_ repo.ID, err error) {
+				fmt.Fprintf(os.Stderr, "cairn: warning: left out, as it cannot be read: %s\n", oneLine(err))
+			},
+		})
+		if res != nil && res.Run != nil {
+			if out.json {
+				j := toRunJSON(res.Run)
+				j.MessageType = "summary"
+				if perr := out.JSON(j); perr != nil && err == nil {
+					err = perr
+				}
+			} else if !out.quiet {
+				out.Printf("\n")
+				printRun(out, res.Run)
+			}
+		}
+		if err != nil || res == nil {
+			return err
+		}
+		var failed []string
+		for _, cr := range res.Components {
+			if cr.Err != nil {
+				failed = append(failed, fmt.Sprintf("%s: %s", cr.Component.Name, oneLine(cr.Err)))
+			}
+		}
+		switch {
+		case len(failed) == 1:
+			return fmt.Errorf("run %s: component %s", res.RunID, failed[0])
+		case len(failed) > 1:
+			return fmt.Errorf("run %s: %d components failed: %s", res.RunID, len(failed), strings.Join(failed, "; "))
+		case res.Partial():
+			return &exitError{code: exitPartial,
+				err: fmt.Errorf("run %s: snapshots saved, but some entries could not be read", res.RunID)}
+		}
+		return nil
+	})
+}
+
+// useClusterRepository takes the repository and its password from the
+// cluster file, unless the command line or the environment gives them.
+func useClusterRepository(c *cli.Context, cfg *cluster.Config) error {
+	if c.String("repo") == "" && cfg.Repository != "" {
+		if err := c.Set("repo", cfg.Repository); err != nil {
+			return err
+		}
+	}
+	if c.String("password-file") != "" || c.String("password-command") != "" || os.Getenv("CAIRN_PASSWORD") != "" {
+		return nil
+	}
+	if cfg.PasswordFile != "" {
+		return c.Set("password-file", cfg.PasswordFile)
+	}
+	pw, ok, err := cfg.Password()
+	if err != nil || !ok {
+		return err
+	}
+	// The file names a variable already in the environment: passing the
+	// value on under cairn's own name shows it to no one new.
+	return os.Setenv("CAIRN_PASSWORD", string(pw))
 }
 
 // chooseParent sets opts.Parent: --parent, else the latest snapshot of the

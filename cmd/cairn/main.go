@@ -153,6 +153,7 @@ func newApp() *cli.App {
 			newCheckCommand(),
 			newRepairCommand(),
 			newUnlockCommand(),
+			newStatusCommand(),
 			newVersionCommand(),
 		},
 		// Errors are printed and mapped by run, never by the library.

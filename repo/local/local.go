@@ -22,7 +22,7 @@ type Backend struct {
 
 var _ repo.Backend = (*Backend)(nil)
 
-var dirs = []repo.FileType{repo.KeyFile, repo.PackFile, repo.IndexFile, repo.SnapshotFile, repo.LockFile}
+var dirs = []repo.FileType{repo.KeyFile, repo.PackFile, repo.IndexFile, repo.SnapshotFile, repo.LockFile, repo.RunFile}
 
 // Open returns a backend on dir, which need not exist yet.
 func Open(dir string) (*Backend, error) {

@@ -1,0 +1,198 @@
+package source_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/cairn-backup/cairn/source"
+	"github.com/cairn-backup/cairn/tests/testenv"
+)
+
+func etcdClient(t *testing.T, url string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// etcdKeys returns every key and value, one per line.
+func etcdKeys(t *testing.T, cli *clientv3.Client) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, kv := range resp.Kvs {
+		fmt.Fprintf(&b, "%q=%q\n", kv.Key, kv.Value)
+	}
+	return b.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startEtcdOn starts etcd on an existing data directory, as an operator
+// does after a restore, and returns its client URL.
+func startEtcdOn(t *testing.T, bin, dataDir, name, peerURL string) string {
+	t.Helper()
+	clientURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	var log bytes.Buffer
+	cmd := exec.Command(bin, "--name", name, "--data-dir", dataDir,
+		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+		"--listen-peer-urls", peerURL, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(clientURL + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return clientURL
+			}
+		}
+		select {
+		case <-exited:
+			t.Fatalf("etcd on the restored data directory exited:\n%s", log.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd on the restored data directory not ready:\n%s", log.String())
+		}
+	}
+}
+
+func TestEtcdRoundTrip(t *testing.T) {
+	srv := testenv.Etcd(t)
+	t.Setenv("CAIRN_ETCDUTL", srv.Bin("etcdutl"))
+	cli := etcdClient(t, srv.URL)
+	ctx := t.Context()
+	for i := range 500 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("/app/config/%03d", i), strings.Repeat("v", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli.Put(ctx, "/app/binary", "\x00\xff\x01 bytes")
+	cli.Delete(ctx, "/app/config/007")
+	want := etcdKeys(t, cli)
+
+	spec := source.Spec{Kind: "etcd", Name: "etcd", Endpoints: []string{srv.URL}}
+	name, data := mustDump(t, spec)
+	if name != "snapshot.db" {
+		t.Errorf("file name %q", name)
+	}
+	cli.Put(ctx, "/app/late", "written after the snapshot")
+
+	dataDir := filepath.Join(t.TempDir(), "etcd", "data")
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	target := source.Target{DataDir: dataDir, Name: "restored",
+		InitialCluster: "restored=" + peerURL, InitialAdvertisePeerURLs: peerURL, ClusterToken: "tok-restored"}
+	if err := source.RestoreLive(ctx, spec, target, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(dataDir), ".cairn-*"))
+	if len(leftovers) > 0 {
+		t.Errorf("the restore left %q", leftovers)
+	}
+
+	url := startEtcdOn(t, srv.Bin("etcd"), dataDir, "restored", peerURL)
+	restored := etcdClient(t, url)
+	if got := etcdKeys(t, restored); got != want {
+		t.Errorf("restored keys differ: %d bytes, want %d", len(got), len(want))
+	}
+	members, err := restored.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(members.Members) != 1 || members.Members[0].Name != "restored" || members.Members[0].PeerURLs[0] != peerURL {
+		t.Errorf("restored cluster members: %v", members.Members)
+	}
+
+	// The data directory is in use now: a restore into it is refused.
+	err = source.RestoreLive(ctx, spec, target, bytes.NewReader(data))
+	if err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Errorf("restore into a data directory in use: %v", err)
+	}
+}
+
+func TestEtcdOverwriteAndDamage(t *testing.T) {
+	srv := testenv.Etcd(t)
+	t.Setenv("CAIRN_ETCDUTL", srv.Bin("etcdutl"))
+	etcdClient(t, srv.URL).Put(t.Context(), "k", "v")
+	spec := source.Spec{Kind: "etcd", Name: "etcd", Endpoints: []string{srv.URL}}
+	_, data := mustDump(t, spec)
+
+	dataDir := filepath.Join(t.TempDir(), "data")
+	old := filepath.Join(dataDir, "old-file")
+	os.MkdirAll(dataDir, 0o700)
+	os.WriteFile(old, []byte("x"), 0o600)
+
+	// A damaged snapshot fails the restore and keeps the old directory.
+	damaged := bytes.Clone(data)
+	damaged[len(damaged)/2] ^= 0xff
+	err := source.RestoreLive(t.Context(), spec, source.Target{DataDir: dataDir, Overwrite: true}, bytes.NewReader(damaged))
+	if err == nil || !strings.Contains(err.Error(), "etcdutl") {
+		t.Errorf("restore of a damaged snapshot: %v", err)
+	}
+	if _, err := os.Stat(old); err != nil {
+		t.Errorf("the failed restore removed the old data directory: %v", err)
+	}
+
+	if err := source.RestoreLive(t.Context(), spec, source.Target{DataDir: dataDir, Overwrite: true}, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("after overwriting, the old file is still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "member", "snap", "db")); err != nil {
+		t.Errorf("no restored database: %v", err)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	nobody := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	if _, rc, err := source.Open(ctx, source.Spec{Kind: "etcd", Name: "etcd", Endpoints: []string{nobody}}); err == nil {
+		rc.Close()
+		t.Error("snapshot from an endpoint nobody listens on: no error")
+	}
+}
