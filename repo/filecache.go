@@ -10,7 +10,7 @@ import (
 )
 
 // FileCache keeps local copies of immutable repository files (snapshots,
-// index files, tree packs) by content address, so that reading them again
+// index files, run records, tree packs) by content address, so that reading them again
 // costs no transfer. A copy is checked before use: whole files against their
 // name, pack ranges by the blob authentication of whoever reads them. A
 // missing or damaged copy is fetched again; deleting the cache loses nothing.
@@ -91,4 +91,4 @@ func (c *FileCache) Retain(t FileType, keep func(name string) bool) {
 
 // cached reports whether files of type t are kept in the cache: the small,
 // immutable ones that listings and incremental runs read again and again.
-func cached(t FileType) bool { return t == SnapshotFile || t == IndexFile }
+func cached(t FileType) bool { return t == SnapshotFile || t == IndexFile || t == RunFile }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -33,6 +34,10 @@ func (t *tool) command(ctx context.Context, stderr *errLog) *exec.Cmd {
 		cmd.Env = append(os.Environ(), t.env...)
 	}
 	cmd.Stderr = stderr
+	// Its own process group, killed whole on cancellation: a script's
+	// children must not outlive an interrupted backup.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	// A child that leaves a grandchild holding the error output open
 	// must not keep Wait from returning.
 	cmd.WaitDelay = 10 * time.Second

@@ -58,7 +58,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) repo.Backend) {
 }
 
 // fileTypes are the types stored under content addresses.
-var fileTypes = []repo.FileType{repo.KeyFile, repo.PackFile, repo.IndexFile, repo.SnapshotFile, repo.LockFile}
+var fileTypes = []repo.FileType{repo.KeyFile, repo.PackFile, repo.IndexFile, repo.SnapshotFile, repo.LockFile, repo.RunFile}
 
 func random(seed int64, n int) []byte {
 	b := make([]byte, n)
