@@ -89,7 +89,7 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Result
 	b := &backup{opts: opts, store: store, runID: res.RunID}
 
 	var err error
-	if slices.ContainsFunc(opts.Components, func(c *Component) bool { return c.Kind == "files" }) {
+	if slices.ContainsFunc(opts.Components, func(c *Component) bool { return c.Kind == "files" || c.Kind == "s3" }) {
 		// Parents for incremental backups, read once for all components.
 		if b.snapshots, err = snapshot.List(ctx, r, opts.Unreadable); err != nil {
 			return nil, err
@@ -236,7 +236,7 @@ func (b *backup) snapshot(ctx context.Context, comp *Component) (*snapshot.Snaps
 
 	if comp.Kind == "files" {
 		opts.Paths, opts.Excludes, opts.OneFileSystem = comp.Paths, comp.Exclude, comp.OneFileSystem
-		opts.Parent = b.parent(comp)
+		opts.Parent = b.parent(comp, comp.Paths)
 		sn, err := snapshot.Backup(ctx, b.store, opts)
 		switch {
 		case sn == nil && errors.Is(err, snapshot.ErrNoPaths):
@@ -252,6 +252,23 @@ func (b *backup) snapshot(ctx context.Context, comp *Component) (*snapshot.Snaps
 	spec, err := comp.Spec()
 	if err != nil {
 		return nil, false, err
+	}
+	if comp.Kind == "s3" {
+		// Each object a file; those unchanged since the parent are not
+		// downloaded again.
+		bucket, err := source.OpenBucket(spec)
+		if err != nil {
+			return nil, false, err
+		}
+		opts.Parent = b.parent(comp, []string{"/"})
+		sn, err := snapshot.BackupObjects(ctx, b.store, opts, bucket)
+		switch {
+		case sn == nil:
+			return nil, false, err
+		case errors.Is(err, snapshot.ErrPartial):
+			return sn, true, nil
+		}
+		return sn, false, err
 	}
 	name, rc, err := source.Open(ctx, spec)
 	if err != nil {
@@ -279,9 +296,9 @@ func (b *backup) snapshot(ctx context.Context, comp *Component) (*snapshot.Snaps
 }
 
 // parent is the latest snapshot of the same cluster, component, node and
-// paths, as for a path backup.
-func (b *backup) parent(comp *Component) *snapshot.Snapshot {
-	want := normPaths(comp.Paths)
+// paths, as for a path backup. A snapshot of objects has the path "/".
+func (b *backup) parent(comp *Component, paths []string) *snapshot.Snapshot {
+	want := normPaths(paths)
 	for i := len(b.snapshots) - 1; i >= 0; i-- {
 		sn := b.snapshots[i]
 		if sn.Hostname == b.opts.Node && sn.Cluster == b.opts.Config.Cluster && sn.Component == comp.Name &&

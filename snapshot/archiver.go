@@ -206,7 +206,13 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 		return nil, err
 	}
 
-	after := store.Stats()
+	return a.save(ctx, start, before, rootID, paths)
+}
+
+// save fills in the summary and saves the snapshot of tree root (unless a
+// dry run), for Backup and BackupObjects.
+func (a *archiver) save(ctx context.Context, start time.Time, before pack.Stats, root repo.ID, paths []string) (*Snapshot, error) {
+	after := a.store.Stats()
 	a.summary.DataBlobs = after.Blobs[repo.DataBlob] - before.Blobs[repo.DataBlob]
 	a.summary.TreeBlobs = after.Blobs[repo.TreeBlob] - before.Blobs[repo.TreeBlob]
 	for t := range after.RawBytes {
@@ -217,16 +223,17 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 	a.summary.Errors = int(a.nerrs.Load())
 	a.summary.DurationSeconds = time.Since(start).Seconds()
 
+	opts := a.opts
 	username, _ := repo.Whoami()
+	if opts.Username != "" {
+		username = opts.Username
+	}
 	sn := &Snapshot{
-		Time: opts.Time, Tree: rootID, Paths: paths, Hostname: opts.Hostname,
+		Time: opts.Time, Tree: root, Paths: paths, Hostname: opts.Hostname,
 		Username: username, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
 		Tags: nonNil(opts.Tags), Excludes: append(slices.Clone(opts.Excludes), opts.IExcludes...),
 		Cluster: opts.Cluster, Component: opts.Component, Run: opts.Run,
 		ProgramVersion: ProgramVersion, Summary: &a.summary,
-	}
-	if opts.Username != "" {
-		sn.Username = opts.Username
 	}
 	if sn.Time.IsZero() {
 		sn.Time = start
@@ -239,7 +246,7 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 		return sn, a.partialErr()
 	}
 	// Every pack and index file is durable now: the snapshot may name them.
-	if _, err := Save(ctx, store.Repo(), sn); err != nil {
+	if _, err := Save(ctx, a.store.Repo(), sn); err != nil {
 		return nil, fmt.Errorf("save snapshot: %w", err)
 	}
 	return sn, a.partialErr()
