@@ -49,6 +49,9 @@ type Snapshot struct {
 	Parent         *repo.ID  `json:"parent"`
 	ProgramVersion string    `json:"program_version"`
 	Summary        *Summary  `json:"summary"`
+	// Original is the ID of the snapshot this one was copied from (the
+	// first one, through copies of copies); nil for a backup's own.
+	Original *repo.ID `json:"original,omitempty"`
 
 	ID repo.ID `json:"-"` // its file's id, set by Load and Save
 }

@@ -133,19 +133,29 @@ var errNoPassword = errors.New("no password given: set CAIRN_PASSWORD, --passwor
 // --password-command, CAIRN_PASSWORD, else a prompt on a terminal (twice
 // when confirm is set). It never shows the password in an error.
 func readPassword(ctx context.Context, c *cli.Context, prompt string, confirm bool) ([]byte, error) {
-	file, command := c.String("password-file"), c.String("password-command")
+	return passwordFrom(ctx, c, "", "CAIRN_PASSWORD", prompt, confirm)
+}
+
+// passwordFrom reads a password from the flags <flag>password-file and
+// <flag>password-command, the variable env, else a prompt on a terminal.
+func passwordFrom(ctx context.Context, c *cli.Context, flag, env, prompt string, confirm bool) ([]byte, error) {
+	file, command := c.String(flag+"password-file"), c.String(flag+"password-command")
 	switch {
 	case file != "" && command != "":
-		return nil, errors.New("--password-file and --password-command are mutually exclusive")
+		return nil, fmt.Errorf("--%spassword-file and --%spassword-command are mutually exclusive", flag, flag)
 	case file != "":
 		return passwordFromFile(file)
 	case command != "":
 		return passwordFromCommand(ctx, command)
 	}
-	if pw := os.Getenv("CAIRN_PASSWORD"); pw != "" {
+	if pw := os.Getenv(env); pw != "" {
 		return []byte(pw), nil
 	}
-	return promptPassword(prompt, confirm)
+	pw, err := promptPassword(prompt, confirm)
+	if errors.Is(err, errNoPassword) && flag != "" {
+		return nil, fmt.Errorf("no password given: set %s, --%spassword-file or --%spassword-command", env, flag, flag)
+	}
+	return pw, err
 }
 
 // trimNewline drops one trailing line end, as written by echo or an editor.
@@ -226,19 +236,32 @@ func openRepo(ctx context.Context, c *cli.Context) (*repo.Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Say that nothing is there before asking for a password.
+	return openRepoOn(ctx, c, be, func() ([]byte, error) {
+		return readPassword(ctx, c, "enter password for repository: ", false)
+	}, func() error { return noRepository(c) })
+}
+
+// openRepoOn opens the repository on be, with the cache the flags of c
+// choose. It says that nothing is there (noRepo) before it asks for a
+// password; be is closed when it fails.
+func openRepoOn(ctx context.Context, c *cli.Context, be repo.Backend, password func() ([]byte, error), noRepo func() error) (r *repo.Repo, err error) {
+	defer func() {
+		if err != nil {
+			be.Close()
+		}
+	}()
 	if _, err := be.Stat(ctx, repo.Handle{Type: repo.ConfigFile}); errors.Is(err, repo.ErrNotFound) {
-		return nil, noRepository(c)
+		return nil, noRepo()
 	} else if err != nil {
-		return nil, fmt.Errorf("open repository %s: %w", c.String("repo"), err)
+		return nil, fmt.Errorf("open repository %s: %w", be.Location(), err)
 	}
-	pw, err := readPassword(ctx, c, "enter password for repository: ", false)
+	pw, err := password()
 	if err != nil {
 		return nil, err
 	}
-	r, err := repo.Open(ctx, be, pw)
+	r, err = repo.Open(ctx, be, pw)
 	if errors.Is(err, repo.ErrNoRepository) {
-		return nil, noRepository(c)
+		return nil, noRepo()
 	}
 	if err != nil {
 		return nil, err

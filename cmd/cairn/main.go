@@ -154,6 +154,9 @@ func newApp() *cli.App {
 			newRepairCommand(),
 			newUnlockCommand(),
 			newStatusCommand(),
+			newFindCommand(),
+			newStatsCommand(),
+			newCopyCommand(),
 			newVersionCommand(),
 		},
 		// Errors are printed and mapped by run, never by the library.
