@@ -206,3 +206,31 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// brokenStream gives some bytes, then fails, as a damaged snapshot does.
+type brokenStream struct{ sent bool }
+
+func (b *brokenStream) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "part of the data\n"), nil
+	}
+	return 0, errors.New("blob damaged")
+}
+
+// A stream that breaks half-way kills the restore command instead of
+// giving it a clean end of input: a tool that commits what it read must
+// not get the chance.
+func TestRestoreBrokenStreamKillsTool(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "committed")
+	// The command commits (writes the marker) only after a clean end of input.
+	spec := source.Spec{Kind: "command", Name: "c", Restore: []string{"sh", "-c", "cat >/dev/null && touch " + marker}}
+	err := source.RestoreLive(t.Context(), spec, source.Target{}, &brokenStream{})
+	if err == nil || !strings.Contains(err.Error(), "blob damaged") {
+		t.Fatalf("restore from a broken stream: %v, want the stream's error", err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the restore command saw a clean end of input and committed")
+	}
+}

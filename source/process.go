@@ -70,9 +70,18 @@ func (t *tool) feed(ctx context.Context, r io.Reader) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", t.name, err)
 	}
-	_, copyErr := io.Copy(stdin, r)
+	src := &errReader{r: r}
+	_, copyErr := io.Copy(stdin, src)
+	if src.err != nil {
+		// The stream broke: the tool must not see a clean end of input
+		// and commit what it has (psql --single-transaction would).
+		_ = cmd.Cancel()
+	}
 	stdin.Close()
 	waitErr := cmd.Wait()
+	if src.err != nil {
+		return fmt.Errorf("read the stream for %s: %w", t.name, src.err)
+	}
 	if err := t.result(ctx, waitErr, stderr); err != nil {
 		return err
 	}
@@ -82,6 +91,21 @@ func (t *tool) feed(ctx context.Context, r io.Reader) error {
 		return fmt.Errorf("feed %s: %w", t.name, copyErr)
 	}
 	return nil
+}
+
+// errReader keeps the error of the reader it wraps, which io.Copy would
+// not tell from a write error.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }
 
 // output runs the tool with input on its standard input and returns its

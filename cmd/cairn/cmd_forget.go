@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/cairn-backup/cairn/cluster"
 	"github.com/cairn-backup/cairn/index"
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
@@ -43,6 +45,7 @@ func newForgetCommand() *cli.Command {
 		&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "show what would be removed, remove nothing"},
 		&cli.BoolFlag{Name: "prune", Usage: "then remove the data no snapshot references any more (see \"cairn prune\")"},
 		&cli.StringFlag{Name: "max-unused", Value: "5", Usage: "with --prune: leave up to `PERCENT` of the repository unused rather than repack for it"},
+		&cli.StringFlag{Name: "config", Usage: "apply the retention of the cluster file `FILE` to its cluster's snapshots, then remove the records of runs with no snapshot left"},
 	)
 	return &cli.Command{
 		Name:      "forget",
@@ -51,7 +54,12 @@ func newForgetCommand() *cli.Command {
 		Description: "Removes the snapshots named, or applies the --keep-* policy to each group of\n" +
 			"snapshots that pass the filters: a snapshot is kept if any rule keeps it.\n" +
 			"Only the snapshots go; the data they alone referenced stays until \"cairn prune\"\n" +
-			"(or --prune, which runs it under the same lock).",
+			"(or --prune, which runs it under the same lock).\n\n" +
+			"With --config FILE, the policy is the file's retention (unless --keep-* flags\n" +
+			"are given), applied to the snapshots of the file's cluster only, grouped by\n" +
+			"host (node), cluster and component unless --group-by says otherwise. Then the\n" +
+			"records of finished runs none of whose snapshots is left are removed, as are\n" +
+			"those of runs that saved no snapshot and are older than every snapshot left.",
 		Flags:  append(flags, filterFlags()...),
 		Action: runForget,
 	}
@@ -175,6 +183,35 @@ func runForget(c *cli.Context) error {
 		return err
 	}
 	ids := c.Args().Slice()
+	var cfg *cluster.Config
+	if name := c.String("config"); name != "" {
+		if len(ids) > 0 {
+			return usageError(c, "--config applies the cluster file's retention; it does not go with snapshot ids")
+		}
+		if cfg, err = cluster.Load(name); err != nil {
+			return err
+		}
+		if policy.Empty() {
+			if policy, err = cfg.Retention.Policy(); err != nil {
+				return fmt.Errorf("%s: retention: %w", filepath.Base(name), err)
+			}
+		}
+		if policy.Empty() {
+			return usageError(c, "%s has no retention and no --keep-* policy is given: refusing to remove anything", filepath.Base(name))
+		}
+		if f.Cluster != "" && f.Cluster != cfg.Cluster {
+			return usageError(c, "--cluster %s, but %s describes cluster %s", f.Cluster, filepath.Base(name), cfg.Cluster)
+		}
+		f.Cluster = cfg.Cluster
+		if !c.IsSet("group-by") {
+			// Per component and node: a files component whose paths
+			// changed is still one component.
+			by = snapshot.GroupBy{Host: true, Cluster: true, Component: true}
+		}
+		if err := useClusterRepository(c, cfg); err != nil {
+			return err
+		}
+	}
 	switch {
 	case len(ids) == 0 && policy.Empty():
 		return usageError(c, "no snapshot ids and no --keep-* policy given: refusing to remove anything")
@@ -203,7 +240,11 @@ func runForget(c *cli.Context) error {
 			if len(ids) > 0 {
 				err = forgetIDs(ctx, r, out, ids, dryRun)
 			} else {
-				err = forgetPolicy(ctx, r, out, policy, by, f, dryRun)
+				var all, removed []*snapshot.Snapshot
+				all, removed, err = forgetPolicy(ctx, r, out, policy, by, f, dryRun)
+				if err == nil && cfg != nil {
+					err = forgetRuns(ctx, r, out, cfg.Cluster, all, removed, dryRun)
+				}
 			}
 			if err != nil || !prune {
 				return err
@@ -272,11 +313,13 @@ func forgetIDs(ctx context.Context, r *repo.Repo, out *output, refs []string, dr
 	return nil
 }
 
-// forgetPolicy applies p to each group of the snapshots f selects.
-func forgetPolicy(ctx context.Context, r *repo.Repo, out *output, p snapshot.Policy, by snapshot.GroupBy, f snapshot.Filter, dryRun bool) error {
-	all, err := snapshot.List(ctx, r, warnUnreadable)
+// forgetPolicy applies p to each group of the snapshots f selects. It
+// returns every snapshot of the repository and those it removed (or with
+// dryRun, would remove).
+func forgetPolicy(ctx context.Context, r *repo.Repo, out *output, p snapshot.Policy, by snapshot.GroupBy, f snapshot.Filter, dryRun bool) (all, remove []*snapshot.Snapshot, err error) {
+	all, err = snapshot.List(ctx, r, warnUnreadable)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	var list []*snapshot.Snapshot
 	for _, sn := range all {
@@ -287,7 +330,6 @@ func forgetPolicy(ctx context.Context, r *repo.Repo, out *output, p snapshot.Pol
 	out.Verbosef("applying policy: %s\n", p)
 	now := time.Now()
 	groups := []forgetGroup{}
-	var remove []*snapshot.Snapshot
 	for i, g := range snapshot.GroupSnapshots(list, by) {
 		d := p.Apply(g.Snapshots, now, time.Local)
 		remove = append(remove, d.Remove...)
@@ -323,10 +365,46 @@ func forgetPolicy(ctx context.Context, r *repo.Repo, out *output, p snapshot.Pol
 		out.Printf("no snapshots match\n")
 	}
 	if err := removeSnapshots(ctx, r, out, remove, dryRun); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if out.json {
-		return out.JSON(groups)
+		return all, remove, out.JSON(groups)
+	}
+	return all, remove, nil
+}
+
+// forgetRuns removes the records of cluster's runs that no snapshot left
+// in the repository (all but removed) belongs to. With --json the output
+// stays the array of groups; what went is said only in text.
+func forgetRuns(ctx context.Context, r *repo.Repo, out *output, clusterName string, all, removed []*snapshot.Snapshot, dryRun bool) error {
+	gone := map[repo.ID]bool{}
+	for _, sn := range removed {
+		gone[sn.ID] = true
+	}
+	var left []*snapshot.Snapshot
+	for _, sn := range all {
+		if !gone[sn.ID] {
+			left = append(left, sn)
+		}
+	}
+	runs, err := cluster.Unreferenced(ctx, r, clusterName, left, time.Now(), warnUnreadableRun)
+	if err != nil {
+		return err
+	}
+	verb := "removed"
+	if dryRun {
+		verb = "would remove"
+	}
+	if len(runs) > 0 {
+		out.Printf("\n")
+	}
+	for i, rr := range runs {
+		if !dryRun {
+			if err := cluster.RemoveRecords(ctx, r, rr); err != nil {
+				return fmt.Errorf("%w (the records of %d runs removed before)", err, i)
+			}
+		}
+		out.Printf("%s run %s of %s (%s): no snapshot of it is left\n", verb, rr.Run.ID, localTime(rr.Run.Started), rr.Run.Phase)
 	}
 	return nil
 }
