@@ -14,8 +14,10 @@
 # dump joins the tree; default 30 at 1600 MiB and proportional to
 # BENCH_SIZE_MB; 0 for none) and BENCH_PG_TX (pgbench transactions between
 # the two nights' dumps, default 20000 at scale 30, proportional to it).
-# Runs are warm-cache: the machine's page cache is not dropped, but dirty
-# pages are synced before every step.
+# Runs are warm-cache: the machine's page cache is not dropped, dirty pages
+# are synced before every step, and the source is read once before every
+# backup (untimed), since a kernel with proactive reclaim (DAMON's kdamond)
+# evicts files left idle during the other tools' steps.
 #
 # Steps, each on a fresh repository per round and tool:
 #   first      first backup of the tree
@@ -207,6 +209,7 @@ run_step() {
 
 backup() { # backup TOOL STEP ROUND PATH
 	local tool=$1 step=$2 round=$3 path=$4
+	find "$path" -type f -print0 | xargs -0 cat >/dev/null
 	case $tool in
 	cairn) run_step "$tool" "$step" "$round" "$CAIRN" backup -q "$path" ;;
 	restic) run_step "$tool" "$step" "$round" restic backup -q "$path" ;;

@@ -183,6 +183,10 @@ func TestClusterRestoreRun(t *testing.T) {
 	dir = filepath.Join(e.Dir, "as-of")
 	e.Must("restore", "latest-run", "--as-of", between.Format(time.RFC3339Nano), "--target", dir)
 	n.checkNight(dir, 1)
+	// With the cluster file, --as-of alone means the cluster's state then.
+	dir = filepath.Join(e.Dir, "as-of-config")
+	e.Must("restore", "--as-of", between.Format(time.RFC3339Nano), "--config", n.config, "--target", dir)
+	n.checkNight(dir, 1)
 	dir = filepath.Join(e.Dir, "latest")
 	e.Must("restore", "latest-run", "--target", dir, "--cluster", "prod")
 	n.checkNight(dir, 2)

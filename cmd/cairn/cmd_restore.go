@@ -43,8 +43,8 @@ func newRestoreCommand() *cli.Command {
 			"A run restores each component's snapshot into DIR/COMPONENT/, or into\n" +
 			"DIR/COMPONENT/NODE/ for a component the run holds from several nodes. Components\n" +
 			"that failed or are missing are reported and the exit code is 1; the others are\n" +
-			"restored all the same. --as-of TIME with \"latest-run\" picks the newest run\n" +
-			"started at or before TIME.\n\n" +
+			"restored all the same. --as-of TIME with \"latest-run\" (or with no ID and a\n" +
+			"--config FILE) picks the newest run started at or before TIME.\n\n" +
 			"--to-live --config FILE restores into the live system instead: files components\n" +
 			"to their own paths, the others through their restore settings in FILE (which\n" +
 			"--target-dsn, --target-bucket, --target-data-dir and --target-address replace).\n" +
@@ -114,7 +114,12 @@ func runRestore(c *cli.Context) error {
 		asOf = asOfLimit(t)
 		switch ref {
 		case "":
+			// With a cluster file, a point in time means the cluster's
+			// state then: its newest run.
 			ref = "latest"
+			if c.String("config") != "" {
+				ref = latestRun
+			}
 		case "latest", latestRun:
 		default:
 			return usageError(c, "--as-of chooses what to restore: give no ID, \"latest\" (a snapshot) or \"latest-run\" (a run)")
