@@ -9,7 +9,6 @@ import (
 
 	"github.com/cairn-backup/cairn/repo"
 	"github.com/cairn-backup/cairn/snapshot"
-	"golang.org/x/sync/errgroup"
 )
 
 // RunRecords are a run and the record files it is merged from.
@@ -46,52 +45,6 @@ func RemoveRecords(ctx context.Context, r *repo.Repo, rr RunRecords) error {
 		}
 	}
 	return nil
-}
-
-// fileRecord is a record with the file it was read from.
-type fileRecord struct {
-	id  repo.ID
-	rec record
-}
-
-func loadRecords(ctx context.Context, r *repo.Repo, skip func(repo.ID, error)) ([]fileRecord, error) {
-	var ids []repo.ID
-	if err := r.ListIDs(ctx, repo.RunFile, func(id repo.ID, _ int64) error {
-		ids = append(ids, id)
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("list runs: %w", err)
-	}
-	recs := make([]fileRecord, len(ids))
-	bad := make([]error, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, id := range ids {
-		g.Go(func() error {
-			recs[i].id = id
-			err := r.LoadJSON(gctx, repo.RunFile, id, &recs[i].rec)
-			if err == nil && recs[i].rec.Version != 1 {
-				err = fmt.Errorf("run record %s: version %d is not supported", id.Short(), recs[i].rec.Version)
-			}
-			if err != nil && (skip == nil || gctx.Err() != nil) {
-				return err
-			}
-			bad[i] = err
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	var out []fileRecord
-	for i, fr := range recs {
-		if bad[i] != nil {
-			skip(ids[i], bad[i])
-			continue
-		}
-		out = append(out, fr)
-	}
-	return out, nil
 }
 
 // unreferenced is Unreferenced on records already read.

@@ -172,41 +172,13 @@ func Close(ctx context.Context, r *repo.Repo, run *Run, now time.Time) error {
 // oldest first. A record that cannot be read goes to skip and is left out
 // when skip is given; otherwise it is an error.
 func LoadRuns(ctx context.Context, r *repo.Repo, now time.Time, skip func(repo.ID, error)) ([]*Run, error) {
-	var ids []repo.ID
-	if err := r.ListIDs(ctx, repo.RunFile, func(id repo.ID, _ int64) error {
-		ids = append(ids, id)
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("list runs: %w", err)
-	}
-	recs := make([]record, len(ids))
-	bad := make([]error, len(ids))
-	// Records are small: the time goes into round trips, so load several at once.
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, id := range ids {
-		g.Go(func() error {
-			err := r.LoadJSON(gctx, repo.RunFile, id, &recs[i])
-			if err == nil && recs[i].Version != 1 {
-				err = fmt.Errorf("run record %s: version %d is not supported", id.Short(), recs[i].Version)
-			}
-			if err != nil && (skip == nil || gctx.Err() != nil) {
-				return err
-			}
-			bad[i] = err
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	recs, err := loadRecords(ctx, r, skip)
+	if err != nil {
 		return nil, err
 	}
 	byRun := map[string][]record{}
-	for i, rec := range recs {
-		if bad[i] != nil {
-			skip(ids[i], bad[i])
-			continue
-		}
-		byRun[rec.Run] = append(byRun[rec.Run], rec)
+	for _, fr := range recs {
+		byRun[fr.rec.Run] = append(byRun[fr.rec.Run], fr.rec)
 	}
 	runs := make([]*Run, 0, len(byRun))
 	for id, list := range byRun {
@@ -219,6 +191,55 @@ func LoadRuns(ctx context.Context, r *repo.Repo, now time.Time, skip func(repo.I
 		return runs[i].ID < runs[j].ID
 	})
 	return runs, nil
+}
+
+// fileRecord is a record with the file it was read from.
+type fileRecord struct {
+	id  repo.ID
+	rec record
+}
+
+// loadRecords reads every run record; one that cannot be read goes to skip
+// when skip is given, and is an error otherwise.
+func loadRecords(ctx context.Context, r *repo.Repo, skip func(repo.ID, error)) ([]fileRecord, error) {
+	var ids []repo.ID
+	if err := r.ListIDs(ctx, repo.RunFile, func(id repo.ID, _ int64) error {
+		ids = append(ids, id)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	recs := make([]fileRecord, len(ids))
+	bad := make([]error, len(ids))
+	// Records are small: the time goes into round trips, so load several at once.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, id := range ids {
+		g.Go(func() error {
+			recs[i].id = id
+			err := r.LoadJSON(gctx, repo.RunFile, id, &recs[i].rec)
+			if err == nil && recs[i].rec.Version != 1 {
+				err = fmt.Errorf("run record %s: version %d is not supported", id.Short(), recs[i].rec.Version)
+			}
+			if err != nil && (skip == nil || gctx.Err() != nil) {
+				return err
+			}
+			bad[i] = err
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var out []fileRecord
+	for i, fr := range recs {
+		if bad[i] != nil {
+			skip(ids[i], bad[i])
+			continue
+		}
+		out = append(out, fr)
+	}
+	return out, nil
 }
 
 // ErrNoRun means no run matches.

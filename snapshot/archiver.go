@@ -258,17 +258,8 @@ func (a *archiver) run(ctx context.Context, start time.Time, parentTree *Tree) (
 	defer cancel(nil)
 	a.fail = cancel
 	a.files = make(chan fileJob)
-	a.blobs = make(chan blobJob)
 	g, gctx := errgroup.WithContext(ctx)
-	var readers sync.WaitGroup
-	for range a.opts.ReadConcurrency {
-		readers.Add(1)
-		g.Go(func() error { defer readers.Done(); return a.fileWorker(gctx) })
-	}
-	for range runtime.GOMAXPROCS(0) {
-		g.Go(func() error { return a.blobWorker(gctx) })
-	}
-	go func() { readers.Wait(); close(a.blobs) }()
+	a.startWorkers(gctx, g, a.fileWorker)
 	stopProgress := a.startProgress(start)
 	defer stopProgress()
 
@@ -295,6 +286,21 @@ func (a *archiver) run(ctx context.Context, start time.Time, parentTree *Tree) (
 		return nil, nil, err
 	}
 	return rootTree, paths, nil
+}
+
+// startWorkers starts the readers (read, ReadConcurrency of them) and a
+// blob worker per core in g; blobs is closed once the readers are done.
+func (a *archiver) startWorkers(ctx context.Context, g *errgroup.Group, read func(context.Context) error) {
+	a.blobs = make(chan blobJob)
+	var readers sync.WaitGroup
+	for range a.opts.ReadConcurrency {
+		readers.Add(1)
+		g.Go(func() error { defer readers.Done(); return read(ctx) })
+	}
+	for range runtime.GOMAXPROCS(0) {
+		g.Go(func() error { return a.blobWorker(ctx) })
+	}
+	go func() { readers.Wait(); close(a.blobs) }()
 }
 
 func (a *archiver) partialErr() error {

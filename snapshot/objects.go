@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cairn-backup/cairn/chunk"
@@ -136,17 +135,8 @@ func (a *objectArchiver) run(ctx context.Context, start time.Time, parentTree *T
 	defer cancel(nil)
 	a.fail = cancel
 	a.jobs = make(chan objectJob)
-	a.blobs = make(chan blobJob)
 	g, gctx := errgroup.WithContext(ctx)
-	var readers sync.WaitGroup
-	for range a.opts.ReadConcurrency {
-		readers.Add(1)
-		g.Go(func() error { defer readers.Done(); return a.objectWorker(gctx) })
-	}
-	for range runtime.GOMAXPROCS(0) {
-		g.Go(func() error { return a.blobWorker(gctx) })
-	}
-	go func() { readers.Wait(); close(a.blobs) }()
+	a.startWorkers(gctx, g, a.objectWorker)
 	stopProgress := a.startProgress(start)
 	defer stopProgress()
 
