@@ -4,13 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -47,61 +43,6 @@ func etcdKeys(t *testing.T, cli *clientv3.Client) string {
 	return b.String()
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startEtcdOn starts etcd on an existing data directory, as an operator
-// does after a restore, and returns its client URL.
-func startEtcdOn(t *testing.T, bin, dataDir, name, peerURL string) string {
-	t.Helper()
-	clientURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	var log bytes.Buffer
-	cmd := exec.Command(bin, "--name", name, "--data-dir", dataDir,
-		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
-		"--listen-peer-urls", peerURL, "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(clientURL + "/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return clientURL
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("etcd on the restored data directory exited:\n%s", log.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd on the restored data directory not ready:\n%s", log.String())
-		}
-	}
-}
-
 func TestEtcdRoundTrip(t *testing.T) {
 	srv := testenv.Etcd(t)
 	t.Setenv("CAIRN_ETCDUTL", srv.Bin("etcdutl"))
@@ -124,7 +65,7 @@ func TestEtcdRoundTrip(t *testing.T) {
 	cli.Put(ctx, "/app/late", "written after the snapshot")
 
 	dataDir := filepath.Join(t.TempDir(), "etcd", "data")
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", testenv.FreePort(t))
 	target := source.Target{DataDir: dataDir, Name: "restored",
 		InitialCluster: "restored=" + peerURL, InitialAdvertisePeerURLs: peerURL, ClusterToken: "tok-restored"}
 	if err := source.RestoreLive(ctx, spec, target, bytes.NewReader(data)); err != nil {
@@ -135,7 +76,7 @@ func TestEtcdRoundTrip(t *testing.T) {
 		t.Errorf("the restore left %q", leftovers)
 	}
 
-	url := startEtcdOn(t, srv.Bin("etcd"), dataDir, "restored", peerURL)
+	url := testenv.EtcdOn(t, dataDir, "restored", peerURL).URL
 	restored := etcdClient(t, url)
 	if got := etcdKeys(t, restored); got != want {
 		t.Errorf("restored keys differ: %d bytes, want %d", len(got), len(want))
@@ -190,7 +131,7 @@ func TestEtcdOverwriteAndDamage(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 	defer cancel()
-	nobody := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	nobody := fmt.Sprintf("http://127.0.0.1:%d", testenv.FreePort(t))
 	if _, rc, err := source.Open(ctx, source.Spec{Kind: "etcd", Name: "etcd", Endpoints: []string{nobody}}); err == nil {
 		rc.Close()
 		t.Error("snapshot from an endpoint nobody listens on: no error")

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -137,7 +135,7 @@ INSERT INTO grants SELECT u.id, CONCAT('/res/', r.n), IF((u.id + r.n) % 3 = 0, '
 	c.gridOut = filepath.Join(c.e.Dir, "grid-imported")
 	WriteFile(t, c.grid, []byte("grid night 1\n"))
 
-	c.etcdPeer = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(allFreePort(t)))
+	c.etcdPeer = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
 	c.config = writeConfig(t, c.e, fmt.Sprintf(`cluster: prod
 hooks:
   pre: [["echo", "pausing writers"]]
@@ -383,7 +381,7 @@ func (c *allCluster) checkLiveRestore(t *testing.T, run string, night1 allState)
 
 	etcdDir := filepath.Join(c.e.Dir, "etcd-restored", "data")
 	live("--component", "meta", "--target-data-dir", etcdDir)
-	url := allStartEtcdOn(t, c.etcd.Bin("etcd"), etcdDir, "meta-restored", c.etcdPeer)
+	url := testenv.EtcdOn(t, etcdDir, "meta-restored", c.etcdPeer).URL
 	allSame(t, "etcd on the restored data dir", allEtcdKeys(t, url), night1.etcd)
 
 	// The component's own server still answers at its address: a live
@@ -396,7 +394,7 @@ func (c *allCluster) checkLiveRestore(t *testing.T, run string, night1 allState)
 	if onDisk(filepath.Join(redisDir, "dump.rdb")) {
 		t.Error("a refused redis restore wrote dump.rdb")
 	}
-	stopped := net.JoinHostPort("127.0.0.1", strconv.Itoa(allFreePort(t)))
+	stopped := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
 	live("--component", "cache", "--target-data-dir", redisDir, "--target-address", stopped)
 	redis := testenv.RedisFromRDB(t, filepath.Join(redisDir, "dump.rdb"))
 	allSame(t, "redis from the restored dump.rdb", allRedisState(t, redis), night1.redis)
@@ -664,60 +662,4 @@ func allRegularFiles(state map[string]string) int64 {
 		}
 	}
 	return n
-}
-
-func allFreePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// allStartEtcdOn starts etcd on an existing data directory, as an operator
-// does after a restore, and returns its client URL. testenv starts etcd
-// only on a data directory of its own making.
-func allStartEtcdOn(t *testing.T, bin, dataDir, name, peerURL string) string {
-	t.Helper()
-	clientURL := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(allFreePort(t)))
-	var log bytes.Buffer
-	cmd := exec.Command(bin, "--name", name, "--data-dir", dataDir,
-		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
-		"--listen-peer-urls", peerURL, "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(clientURL + "/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return clientURL
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("etcd on the restored data directory exited:\n%s", log.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd on the restored data directory not ready:\n%s", log.String())
-		}
-	}
 }

@@ -74,24 +74,7 @@ func startEtcd(t testing.TB, bin, dir, name string, prepare func(name, peerURL, 
 				t.Fatalf("testenv: etcd restore: %v", err)
 			}
 		}
-		s.proc = &process{
-			t:    t,
-			name: "etcd",
-			bin:  bin,
-			// The initial-cluster flags only matter for a new data
-			// directory; a restored or restarted member reads its own.
-			args: []string{"--name", name, "--data-dir", s.DataDir,
-				"--listen-client-urls", s.URL, "--advertise-client-urls", s.URL,
-				"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-				"--initial-cluster", name + "=" + peerURL, "--initial-cluster-state", "new",
-				"--initial-cluster-token", "tok-" + name,
-				"--logger", "zap", "--log-level", "warn", "--log-outputs", "stderr"},
-			// etcd reads every flag from ETCD_* variables too.
-			envDrop: []string{"ETCD"},
-			ready:   httpReady(s.URL + "/health"),
-			stopSig: syscall.SIGTERM,
-			logPath: filepath.Join(dir, "etcd.log"),
-		}
+		s.proc = etcdProcess(t, bin, dir, name, s.DataDir, s.URL, peerURL)
 		if err = s.proc.start(); err == nil {
 			s.proc.register()
 			return s
@@ -99,6 +82,50 @@ func startEtcd(t testing.TB, bin, dir, name string, prepare func(name, peerURL, 
 	}
 	t.Fatalf("testenv: %v\nlast lines of the etcd log:\n%s", err, s.proc.logTail(50))
 	return nil
+}
+
+// EtcdOn starts etcd on an existing data directory, as an operator does
+// after a restore: member name, with the peer URL the restore wrote into
+// the directory; only the client port is new.
+func EtcdOn(t testing.TB, dataDir, name, peerURL string) *EtcdServer {
+	t.Helper()
+	bin := findBinary(t, "etcd", etcdInstall)
+	dir := serverDir(t, "etcd")
+	s := &EtcdServer{Name: name, DataDir: dataDir, t: t}
+	var err error
+	for range 3 {
+		s.Endpoint = hostPort(freePort(t))
+		s.URL = "http://" + s.Endpoint
+		s.proc = etcdProcess(t, bin, dir, name, dataDir, s.URL, peerURL)
+		if err = s.proc.start(); err == nil {
+			s.proc.register()
+			return s
+		}
+	}
+	t.Fatalf("testenv: %v\nlast lines of the etcd log:\n%s", err, s.proc.logTail(50))
+	return nil
+}
+
+// etcdProcess is etcd as member name on dataDir, logging into dir.
+func etcdProcess(t testing.TB, bin, dir, name, dataDir, clientURL, peerURL string) *process {
+	return &process{
+		t:    t,
+		name: "etcd",
+		bin:  bin,
+		// The initial-cluster flags only matter for a new data
+		// directory; a restored or restarted member reads its own.
+		args: []string{"--name", name, "--data-dir", dataDir,
+			"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+			"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+			"--initial-cluster", name + "=" + peerURL, "--initial-cluster-state", "new",
+			"--initial-cluster-token", "tok-" + name,
+			"--logger", "zap", "--log-level", "warn", "--log-outputs", "stderr"},
+		// etcd reads every flag from ETCD_* variables too.
+		envDrop: []string{"ETCD"},
+		ready:   httpReady(clientURL + "/health"),
+		stopSig: syscall.SIGTERM,
+		logPath: filepath.Join(dir, "etcd.log"),
+	}
 }
 
 // Stop stops the server (SIGTERM) and waits for it to exit. Its ports and

@@ -77,9 +77,11 @@ func findBinary(t testing.TB, name, install string) string {
 	return ""
 }
 
-// freePort returns a loopback port that was free a moment ago. Another
-// process may take it before the server binds it, so callers retry a start
-// that fails.
+// FreePort returns a loopback port that was free a moment ago, for a
+// server or address a test chooses itself. Another process may take it
+// before it is bound, so starters retry a start that fails.
+func FreePort(t testing.TB) int { t.Helper(); return freePort(t) }
+
 func freePort(t testing.TB) int {
 	t.Helper()
 	port, err := pickPort()
