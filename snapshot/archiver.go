@@ -178,23 +178,15 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 	if a.opts.StdinName == "" {
 		a.opts.StdinName = "stdin"
 	}
-	a.bufs.New = func() any { b := make([]byte, 0, 2<<20); return &b }
-	store.SetDryRun(opts.DryRun)
-	before := store.Stats()
-
-	var parentTree *Tree
-	if opts.Parent != nil {
-		t, err := LoadTree(ctx, store, opts.Parent.Tree)
-		if err != nil {
-			return nil, fmt.Errorf("load parent snapshot %s: %w", opts.Parent.ID.Short(), err)
-		}
-		parentTree = t
+	parentTree, before, err := a.prepare(ctx)
+	if err != nil {
+		return nil, err
 	}
 
 	var rootTree *Tree
 	var paths []string
 	var rootID repo.ID
-	err := store.WithUploader(ctx, pack.Options{}, func(ctx context.Context) error {
+	err = store.WithUploader(ctx, pack.Options{}, func(ctx context.Context) error {
 		var err error
 		if rootTree, paths, err = a.run(ctx, start, parentTree); err != nil {
 			return err
@@ -207,6 +199,23 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 	}
 
 	return a.save(ctx, start, before, rootID, paths)
+}
+
+// prepare readies the buffers and the store for a backup and loads the
+// parent's root tree, if there is a parent. It returns the store's counts
+// before the backup, from which save computes what it added.
+func (a *archiver) prepare(ctx context.Context) (*Tree, pack.Stats, error) {
+	a.bufs.New = func() any { b := make([]byte, 0, 2<<20); return &b }
+	a.store.SetDryRun(a.opts.DryRun)
+	before := a.store.Stats()
+	if a.opts.Parent == nil {
+		return nil, before, nil
+	}
+	t, err := LoadTree(ctx, a.store, a.opts.Parent.Tree)
+	if err != nil {
+		return nil, before, fmt.Errorf("load parent snapshot %s: %w", a.opts.Parent.ID.Short(), err)
+	}
+	return t, before, nil
 }
 
 // save fills in the summary and saves the snapshot of tree root (unless a

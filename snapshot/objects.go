@@ -102,20 +102,12 @@ func BackupObjects(ctx context.Context, store *pack.Store, opts BackupOptions, s
 	if opts.ReadConcurrency <= 0 {
 		a.opts.ReadConcurrency = max(8, 2*runtime.GOMAXPROCS(0))
 	}
-	a.bufs.New = func() any { b := make([]byte, 0, 2<<20); return &b }
-	store.SetDryRun(opts.DryRun)
-	before := store.Stats()
-
-	var parentTree *Tree
-	if opts.Parent != nil {
-		t, err := LoadTree(ctx, store, opts.Parent.Tree)
-		if err != nil {
-			return nil, fmt.Errorf("load parent snapshot %s: %w", opts.Parent.ID.Short(), err)
-		}
-		parentTree = t
+	parentTree, before, err := a.prepare(ctx)
+	if err != nil {
+		return nil, err
 	}
 	var rootID repo.ID
-	err := store.WithUploader(ctx, pack.Options{}, func(ctx context.Context) error {
+	err = store.WithUploader(ctx, pack.Options{}, func(ctx context.Context) error {
 		root, err := a.run(ctx, start, parentTree)
 		if err != nil {
 			return err
