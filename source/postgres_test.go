@@ -36,25 +36,6 @@ func psql(t *testing.T, srv *testenv.PostgresServer, db, sql string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// pgDumpText is a plain pg_dump of db without the \restrict and
-// \unrestrict lines, whose key is new in each dump.
-func pgDumpText(t *testing.T, srv *testenv.PostgresServer, db string) string {
-	t.Helper()
-	cmd := exec.Command(srv.Bin("pg_dump"), "-d", db)
-	cmd.Env = append(os.Environ(), srv.Env()...)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("pg_dump %s: %v", db, err)
-	}
-	var keep []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if !strings.HasPrefix(l, `\restrict `) && !strings.HasPrefix(l, `\unrestrict `) {
-			keep = append(keep, l)
-		}
-	}
-	return strings.Join(keep, "\n")
-}
-
 const pgSchema = `
 CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, note text, data bytea, created timestamptz DEFAULT now());
 INSERT INTO items (name, note, data)
@@ -140,7 +121,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	psql(t, srv, "postgres", "CREATE DATABASE appdb;")
 	psql(t, srv, "appdb", pgSchema)
 	want := pgCounts(t, srv, "appdb")
-	wantDump := pgDumpText(t, srv, "appdb")
+	wantDump := srv.Dump(t, "appdb")
 
 	for _, tc := range []struct{ format, file string }{
 		{"plain", "dump.sql"},
@@ -170,7 +151,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 			if got := pgCounts(t, srv, target); got != want {
 				t.Errorf("restored row counts:\n%s\nwant:\n%s", got, want)
 			}
-			if got := pgDumpText(t, srv, target); got != wantDump {
+			if got := srv.Dump(t, target); got != wantDump {
 				t.Errorf("pg_dump of the restored database differs from the original's")
 			}
 
@@ -187,7 +168,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 			if err := restore(true); err != nil {
 				t.Fatalf("overwrite: %v", err)
 			}
-			if got := pgDumpText(t, srv, target); got != wantDump {
+			if got := srv.Dump(t, target); got != wantDump {
 				t.Errorf("after overwriting, pg_dump of the database differs from the original's")
 			}
 		})
@@ -217,7 +198,7 @@ func TestPostgresDumpAll(t *testing.T) {
 	psql(t, srv, "postgres", "CREATE ROLE app LOGIN; CREATE DATABASE appdb OWNER app;")
 	psql(t, srv, "appdb", pgSchema+"ALTER TABLE items OWNER TO app;")
 	want := pgCounts(t, srv, "appdb")
-	wantDump := pgDumpText(t, srv, "appdb")
+	wantDump := srv.Dump(t, "appdb")
 
 	spec := source.Spec{Kind: "postgres", Name: "cluster", DSN: pgDSN(srv, "postgres"), All: true}
 	name, data := mustDump(t, spec)
@@ -233,7 +214,7 @@ func TestPostgresDumpAll(t *testing.T) {
 	if got := pgCounts(t, dst, "appdb"); got != want {
 		t.Errorf("restored row counts:\n%s\nwant:\n%s", got, want)
 	}
-	if got := pgDumpText(t, dst, "appdb"); got != wantDump {
+	if got := dst.Dump(t, "appdb"); got != wantDump {
 		t.Errorf("pg_dump of the restored database differs from the original's")
 	}
 	if got := psql(t, dst, "postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'appdb';"); got != "app" {

@@ -198,7 +198,7 @@ func (c *allCluster) state() allState {
 		c.t.Fatal(err)
 	}
 	return allState{
-		pgDump:   allPGDump(c.t, c.pg, allPGDB),
+		pgDump:   c.pg.Dump(c.t, allPGDB),
 		pgCounts: allPGCounts(c.t, c.pg, allPGDB),
 		my:       allMyState(c.t, c.my, allMyDB),
 		etcd:     allEtcdKeys(c.t, c.etcd.URL),
@@ -374,7 +374,7 @@ func (c *allCluster) checkLiveRestore(t *testing.T, run string, night1 allState)
 
 	live("--component", "db", "--target-dsn", c.pg.DSN("shop_restored"))
 	allSame(t, "postgres row counts", allPGCounts(t, c.pg, "shop_restored"), night1.pgCounts)
-	allSame(t, "pg_dump of the restored database", allPGDump(t, c.pg, "shop_restored"), night1.pgDump)
+	allSame(t, "pg_dump of the restored database", c.pg.Dump(t, "shop_restored"), night1.pgDump)
 
 	live("--component", "acl", "--target-dsn", c.my.DSN("acl_restored"))
 	allSame(t, "mysql row counts and checksums", allMyState(t, c.my, "acl_restored"), night1.my)
@@ -520,25 +520,6 @@ func allSameState(t *testing.T, what string, got, want map[string]string) {
 	if len(diffs) > 0 {
 		t.Errorf("%s: not the first night's:\n%s", what, strings.Join(diffs, "\n"))
 	}
-}
-
-// allPGDump is a plain pg_dump of db without the \restrict and \unrestrict
-// lines, whose key is new in each dump.
-func allPGDump(t *testing.T, srv *testenv.PostgresServer, db string) string {
-	t.Helper()
-	cmd := exec.Command(srv.Bin("pg_dump"), "-d", db)
-	cmd.Env = append(os.Environ(), srv.Env()...)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("pg_dump %s: %v", db, err)
-	}
-	var keep []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if !strings.HasPrefix(l, `\restrict `) && !strings.HasPrefix(l, `\unrestrict `) {
-			keep = append(keep, l)
-		}
-	}
-	return strings.Join(keep, "\n")
 }
 
 func allPGCounts(t *testing.T, srv *testenv.PostgresServer, db string) string {

@@ -145,6 +145,26 @@ func (s *PostgresServer) Bin(name string) string {
 	return p
 }
 
+// Dump returns a plain pg_dump of database db without the \restrict and
+// \unrestrict lines, whose key is new in each dump, so that two dumps of
+// the same content compare equal.
+func (s *PostgresServer) Dump(t testing.TB, db string) string {
+	t.Helper()
+	cmd := exec.Command(s.Bin("pg_dump"), "-d", db)
+	cmd.Env = append(filterEnv(os.Environ(), pgEnvDrop), s.Env()...)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("pg_dump %s: %v", db, err)
+	}
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(l, `\restrict `) && !strings.HasPrefix(l, `\unrestrict `) {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
 // Stop stops the server (SIGINT, a fast shutdown) and waits for it to exit.
 // Its port and data stay reserved for Start. Stopping a stopped server
 // does nothing.
