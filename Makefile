@@ -27,6 +27,8 @@ test:
 	# -count=1: tests/ runs the built binary, which go test does not see as
 	# an input, so a cached result could hide a change in cmd/.
 	TESTENV_BIN_DIR=$(CURDIR)/.cache/testbin $(GO) test -count=1 -timeout 20m ./...
+	# A static build compresses in Go instead of through cgo: same format.
+	CGO_ENABLED=0 $(GO) test -count=1 ./repo
 	# The end-to-end suite once more, every repository a bucket on MinIO.
 	CAIRN_TEST_BACKEND=s3 TESTENV_BIN_DIR=$(CURDIR)/.cache/testbin $(GO) test -count=1 -timeout 20m ./tests/
 

@@ -3,6 +3,7 @@ module github.com/cairn-backup/cairn
 go 1.26.0
 
 require (
+	github.com/DataDog/zstd v1.5.7
 	github.com/klauspost/compress v1.20.3
 	github.com/minio/minio-go/v7 v7.4.1
 	github.com/restic/chunker v0.4.0

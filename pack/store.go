@@ -355,16 +355,37 @@ func (s *Store) loadCached(ctx context.Context, c *repo.FileCache, h repo.Handle
 
 // OpenBlob decrypts and checks one sealed blob described by e.
 func OpenBlob(key *crypto.Key, e repo.PackedBlob, sealed, buf []byte) ([]byte, error) {
-	enc, err := key.Open(nil, sealed, repo.BlobAD(e.Type, e.ID))
-	if err != nil {
-		return nil, fmt.Errorf("%s blob %s in pack %s: %w", e.Type, e.ID.Short(), e.Pack.Short(), err)
+	encp := scratch.Get().(*[]byte)
+	defer scratch.Put(encp)
+	plain, enc, err := openBlob(key, e, (*encp)[:0], sealed, buf)
+	*encp = enc
+	return plain, err
+}
+
+// OpenBlobInPlace is OpenBlob decrypting into sealed itself, which it
+// overwrites: a restore has no further use for the sealed bytes and saves a
+// buffer the size of a blob per worker.
+func OpenBlobInPlace(key *crypto.Key, e repo.PackedBlob, sealed, buf []byte) ([]byte, error) {
+	if len(sealed) < crypto.NonceSize {
+		return OpenBlob(key, e, sealed, buf)
 	}
-	plain, err := repo.Decode(buf[:0], enc, int(e.RawLength))
+	plain, _, err := openBlob(key, e, sealed[crypto.NonceSize:crypto.NonceSize], sealed, buf)
+	return plain, err
+}
+
+// openBlob decrypts sealed into encBuf, decodes into buf and checks the
+// result against e.
+func openBlob(key *crypto.Key, e repo.PackedBlob, encBuf, sealed, buf []byte) (plain, enc []byte, err error) {
+	enc, err = key.Open(encBuf, sealed, repo.BlobAD(e.Type, e.ID))
 	if err != nil {
-		return nil, fmt.Errorf("%s blob %s in pack %s: %w", e.Type, e.ID.Short(), e.Pack.Short(), err)
+		return nil, encBuf, fmt.Errorf("%s blob %s in pack %s: %w", e.Type, e.ID.Short(), e.Pack.Short(), err)
+	}
+	plain, err = repo.Decode(buf[:0], enc, int(e.RawLength))
+	if err != nil {
+		return nil, enc, fmt.Errorf("%s blob %s in pack %s: %w", e.Type, e.ID.Short(), e.Pack.Short(), err)
 	}
 	if len(plain) != int(e.RawLength) || repo.ID(key.BlobID(plain)) != e.ID {
-		return nil, fmt.Errorf("%s blob %s in pack %s: content does not match its id", e.Type, e.ID.Short(), e.Pack.Short())
+		return nil, enc, fmt.Errorf("%s blob %s in pack %s: content does not match its id", e.Type, e.ID.Short(), e.Pack.Short())
 	}
-	return plain, nil
+	return plain, enc, nil
 }

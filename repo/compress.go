@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -34,23 +35,19 @@ const (
 )
 
 var (
-	encAuto, encBest *zstd.Encoder
-	decoder          *zstd.Decoder
-	zstdOnce         sync.Once
+	encBest  *zstd.Encoder
+	decoder  *zstd.Decoder
+	zstdOnce sync.Once
 )
 
 func zstdInit() {
 	zstdOnce.Do(func() {
-		// EncodeAll runs at most "concurrency" calls at once: one per core,
-		// so every worker compresses in parallel.
-		n := runtime.GOMAXPROCS(0)
-		// auto is zstd's default level: on real files it stores about 4%
-		// less than the fastest level (what restic's auto stores too) for
-		// about 1.4x the CPU (docs/benchmarks.md). No frame checksums: the
-		// AEAD tag and the blob ID already vouch for every byte.
-		opts := []zstd.EOption{zstd.WithEncoderConcurrency(n), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false)}
-		encAuto, _ = zstd.NewWriter(nil, append(opts[:len(opts):len(opts)], zstd.WithEncoderLevel(zstd.SpeedDefault))...)
-		encBest, _ = zstd.NewWriter(nil, append(opts[:len(opts):len(opts)], zstd.WithEncoderLevel(zstd.SpeedBetterCompression))...)
+		// EncodeAll and DecodeAll run at most "concurrency" calls at once:
+		// one per core, so every worker works in parallel. No frame
+		// checksums: the AEAD tag and the blob ID already vouch for every
+		// byte.
+		encBest, _ = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true),
+			zstd.WithEncoderCRC(false), zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
 		decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(256<<20))
 	})
 }
@@ -62,22 +59,19 @@ func Encode(dst, data []byte, mode Compression) []byte {
 		dst = append(dst, encRaw)
 		return append(dst, data...)
 	}
-	zstdInit()
-	enc := encAuto
-	if mode == CompressMax {
-		enc = encBest
-	}
-	if mode == CompressAuto && len(data) >= 4*sampleSize && !worthCompressing(data) {
-		dst = append(dst, encRaw)
-		return append(dst, data...)
-	}
 	off := len(dst)
 	dst = append(dst, encZstd)
-	dst = enc.EncodeAll(data, dst)
+	if mode == CompressMax {
+		zstdInit()
+		return encBest.EncodeAll(data, dst)
+	}
+	if len(data) >= 4*sampleSize && !worthCompressing(data) {
+		return append(append(dst[:off], encRaw), data...)
+	}
 	// auto: keep it compressed only if that saves at least 1/32.
-	if mode == CompressAuto && len(dst)-off-1 > len(data)-len(data)/32 {
-		dst = append(dst[:off], encRaw)
-		dst = append(dst, data...)
+	dst, ok := compressAuto(dst, data)
+	if !ok || len(dst)-off-1 > len(data)-len(data)/32 {
+		return append(append(dst[:off], encRaw), data...)
 	}
 	return dst
 }
@@ -96,7 +90,10 @@ func worthCompressing(data []byte) bool {
 	in, out := 0, 0
 	for _, off := range []int{0, len(data)/2 - sampleSize/2, len(data) - sampleSize} {
 		probe := data[off : off+sampleSize]
-		*bp = encAuto.EncodeAll(probe, (*bp)[:0])
+		var ok bool
+		if *bp, ok = compressAuto((*bp)[:0], probe); !ok {
+			return false
+		}
 		in += len(probe)
 		out += len(*bp)
 	}
@@ -113,10 +110,13 @@ func Decode(dst, enc []byte, maxSize int) ([]byte, error) {
 	case encRaw:
 		return append(dst, enc[1:]...), nil
 	case encZstd:
-		zstdInit()
 		if maxSize == 0 {
 			maxSize = 1 << 30
 		}
+		if out, ok, err := decompressSized(dst, enc[1:], maxSize); ok {
+			return out, err
+		}
+		zstdInit()
 		out, err := decoder.DecodeAll(enc[1:], dst)
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
@@ -127,4 +127,36 @@ func Decode(dst, enc []byte, maxSize int) ([]byte, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("unknown encoding byte %d", enc[0])
+}
+
+// frameContentSize reads the content size a zstd frame header states
+// (RFC 8878, 3.1.1.1); false if src is no frame or the header omits it.
+func frameContentSize(src []byte) (uint64, bool) {
+	if len(src) < 5 || binary.LittleEndian.Uint32(src) != 0xFD2FB528 {
+		return 0, false
+	}
+	fhd := src[4]
+	single := fhd&0x20 != 0
+	pos := 5
+	if !single {
+		pos++ // window descriptor
+	}
+	pos += [4]int{0, 1, 2, 4}[fhd&3] // dictionary ID
+	size := [4]int{0, 2, 4, 8}[fhd>>6]
+	if size == 0 && single {
+		size = 1
+	}
+	if size == 0 || len(src) < pos+size {
+		return 0, false
+	}
+	b := src[pos : pos+size]
+	switch size {
+	case 1:
+		return uint64(b[0]), true
+	case 2:
+		return uint64(binary.LittleEndian.Uint16(b)) + 256, true
+	case 4:
+		return uint64(binary.LittleEndian.Uint32(b)), true
+	}
+	return binary.LittleEndian.Uint64(b), true
 }

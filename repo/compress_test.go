@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cairn-backup/cairn/repo"
+	"github.com/klauspost/compress/zstd"
 )
 
 var modes = []repo.Compression{repo.CompressAuto, repo.CompressOff, repo.CompressMax}
@@ -160,5 +161,41 @@ func TestAutoSkipsIncompressible(t *testing.T) {
 	mixed := append(random[:64<<10:64<<10], bytes.Repeat([]byte("compressible "), 80000)...)
 	if enc := repo.Encode(nil, mixed, repo.CompressAuto); len(enc) > len(mixed)/2 {
 		t.Fatalf("mostly compressible data stored in %d of %d bytes", len(enc), len(mixed))
+	}
+}
+
+// TestDecodeForeignFrames decodes frames of every shape a repository may
+// hold, whichever encoder wrote them: the pure-Go encoder's single-shot frames
+// (static builds), its streaming frames, which state no content size, and
+// frames whose size field is 1, 2 or 4 bytes wide.
+func TestDecodeForeignFrames(t *testing.T) {
+	for _, n := range []int{1, 200, 300, 70_000, 1 << 20} {
+		data := []byte(strings.Repeat("frame ", n/6+1))[:n]
+		for _, level := range []zstd.EncoderLevel{zstd.SpeedFastest, zstd.SpeedDefault} {
+			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stream bytes.Buffer
+			enc.Reset(&stream)
+			enc.Write(data)
+			enc.Close()
+			frames := map[string][]byte{
+				"single-shot": enc.EncodeAll(data, nil),
+				"streaming":   stream.Bytes(),
+			}
+			for name, frame := range frames {
+				got, err := repo.Decode([]byte("pre"), append([]byte{1}, frame...), n)
+				if err != nil || !bytes.Equal(got, append([]byte("pre"), data...)) {
+					t.Errorf("%d bytes, %v, %s: %d bytes, %v", n, level, name, len(got), err)
+				}
+				if n == 1 {
+					continue // maxSize 0 means the default bound
+				}
+				if _, err := repo.Decode(nil, append([]byte{1}, frame...), n-1); err == nil {
+					t.Errorf("%d bytes, %v, %s: decoded past maxSize %d", n, level, name, n-1)
+				}
+			}
+		}
 	}
 }

@@ -655,6 +655,7 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 			err = fmt.Errorf("read pack %s: %w", first.Pack.Short(), err)
 		}
 		var last repo.ID
+		var openErr error
 		haveLast := false
 		for _, nd := range needs[i:j] {
 			if failed[nd.job] != nil {
@@ -664,17 +665,20 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 				failed[nd.job] = err
 				continue
 			}
-			// The same blob twice in a row (dedup within the batch) is opened once.
+			// Blobs are decrypted in place, so a blob is opened once: the
+			// same blob again (dedup within the batch) comes right after it,
+			// sorted, and shares its result.
 			if !haveLast || nd.blob.ID != last {
-				haveLast = false
 				rel := int64(nd.blob.Offset) - start
-				plain, err = pack.OpenBlob(key, nd.blob, span[rel:rel+int64(nd.blob.Length)], plain)
-				if err != nil {
-					failed[nd.job] = err
-					err = nil
-					continue
+				var p []byte
+				if p, openErr = pack.OpenBlobInPlace(key, nd.blob, span[rel:rel+int64(nd.blob.Length)], plain); openErr == nil {
+					plain = p
 				}
 				last, haveLast = nd.blob.ID, true
+			}
+			if openErr != nil {
+				failed[nd.job] = openErr
+				continue
 			}
 			job := batch[nd.job]
 			if werr := writeAt(job.fd, plain, nd.off, job.node.Sparse); werr != nil {
