@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/cairn-backup/cairn/crypto"
 	"github.com/cairn-backup/cairn/repo"
 	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -50,15 +52,33 @@ func NewWriter(t repo.BlobType, buf []byte) *Writer {
 // (empty: the system's), removed from the directory at once so that nothing
 // outlives the process.
 func NewFileWriter(t repo.BlobType, dir string) (*Writer, error) {
-	f, err := os.CreateTemp(dir, "cairn-pack-")
+	f, err := openTemp(dir)
 	if err != nil {
 		return nil, fmt.Errorf("temporary pack file: %w", err)
 	}
+	return &Writer{Type: t, file: f, bw: bufio.NewWriterSize(f, 256<<10), hash: crypto.NewHasher()}, nil
+}
+
+// openTemp opens a file in dir that has no name, so nothing is left behind
+// whatever happens. Made with O_TMPFILE where the file system allows, it can
+// still be linked into a local repository on the same file system instead
+// of copied there.
+func openTemp(dir string) (*os.File, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(dir, "cairn-pack")), nil
+	}
+	f, err := os.CreateTemp(dir, "cairn-pack-")
+	if err != nil {
+		return nil, err
+	}
 	if err := os.Remove(f.Name()); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("temporary pack file: %w", err)
+		return nil, err
 	}
-	return &Writer{Type: t, file: f, bw: bufio.NewWriterSize(f, 256<<10), hash: crypto.NewHasher()}, nil
+	return f, nil
 }
 
 // Add appends a sealed blob.

@@ -49,8 +49,23 @@ type Options struct {
 // NewStore returns a Store over r with index idx.
 func NewStore(r *repo.Repo, idx *index.Index) *Store {
 	cfg := r.Config()
-	return &Store{r: r, idx: idx, key: r.Key(), comp: cfg.Compression, psize: cfg.PackSize,
+	s := &Store{r: r, idx: idx, key: r.Key(), comp: cfg.Compression, psize: cfg.PackSize,
 		inflight: map[[33]byte]struct{}{}, connections: 2}
+	// A backend with a directory of its own for temporary files (a local
+	// repository) gets its packs filled there, ready to be linked in.
+	be := r.Backend()
+	for {
+		if t, ok := be.(interface{ TempDir() string }); ok {
+			s.tempDir = t.TempDir()
+			break
+		}
+		u, ok := be.(interface{ Unwrap() repo.Backend })
+		if !ok {
+			break
+		}
+		be = u.Unwrap()
+	}
+	return s
 }
 
 // Index returns the store's index.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 
@@ -84,11 +85,24 @@ var samplePool = sync.Pool{New: func() any { b := make([]byte, 0, 2*sampleSize);
 // worthCompressing probes data at its start, middle and end: compressed
 // media, archives and encrypted files are the bulk of many backups, and
 // compressing a whole blob to learn that costs far more than three probes.
+// A probe whose byte values are spread unevenly compresses for sure; only
+// probes that look random are compressed to find out.
 func worthCompressing(data []byte) bool {
+	offs := [3]int{0, len(data)/2 - sampleSize/2, len(data) - sampleSize}
+	skewed := true
+	for _, off := range offs {
+		if !skewedBytes(data[off : off+sampleSize]) {
+			skewed = false
+			break
+		}
+	}
+	if skewed {
+		return true
+	}
 	bp := samplePool.Get().(*[]byte)
 	defer samplePool.Put(bp)
 	in, out := 0, 0
-	for _, off := range []int{0, len(data)/2 - sampleSize/2, len(data) - sampleSize} {
+	for _, off := range offs {
 		probe := data[off : off+sampleSize]
 		var ok bool
 		if *bp, ok = compressAuto((*bp)[:0], probe); !ok {
@@ -98,6 +112,31 @@ func worthCompressing(data []byte) bool {
 		out += len(*bp)
 	}
 	return out <= in-in/32
+}
+
+// skewedBytes reports whether b's order-0 entropy is under 7 bits per byte:
+// entropy coding alone then saves more than 1/8, whatever the matches.
+func skewedBytes(b []byte) bool {
+	var counts [4][256]uint32 // four tables: consecutive bytes rarely share a counter
+	i := 0
+	for ; i+4 <= len(b); i += 4 {
+		counts[0][b[i]]++
+		counts[1][b[i+1]]++
+		counts[2][b[i+2]]++
+		counts[3][b[i+3]]++
+	}
+	for ; i < len(b); i++ {
+		counts[0][b[i]]++
+	}
+	n := float64(len(b))
+	bits := 0.0
+	for v := range 256 {
+		if c := counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v]; c > 0 {
+			p := float64(c) / n
+			bits -= p * math.Log2(p)
+		}
+	}
+	return bits < 7
 }
 
 // Decode undoes Encode, appending the plaintext to dst. maxSize bounds the

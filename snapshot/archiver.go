@@ -779,7 +779,14 @@ func (a *archiver) fileWorker(ctx context.Context) error {
 			r = job.file
 		}
 		spread := job.file == nil || job.node.Sparse || job.node.Size >= uint64(a.cfg.ChunkMin)
-		content, size, readErr, err := a.readContent(ctx, ch, r, spread)
+		var content []repo.ID
+		var size int64
+		var readErr, err error
+		if spread {
+			content, size, readErr, err = a.readContent(ctx, ch, r, true)
+		} else {
+			content, size, readErr, err = a.readSmall(ctx, ch, job.file)
+		}
 		if job.file != nil {
 			job.file.Close()
 		}
@@ -798,6 +805,33 @@ func (a *archiver) fileWorker(ctx context.Context) error {
 		job.fut.resolve(job.node)
 	}
 	return nil
+}
+
+// readSmall stores a file that stat found smaller than the minimum chunk
+// size, read straight into the blob buffer: the chunker would copy it through
+// a buffer of its own only to find no cut. A file that has since grown to the
+// minimum goes through the chunker after all.
+func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, f *os.File) (content []repo.ID, size int64, readErr, err error) {
+	bp := a.bufs.Get().(*[]byte)
+	defer a.bufs.Put(bp)
+	minSize := int(a.cfg.ChunkMin)
+	*bp = slices.Grow((*bp)[:0], minSize)
+	n, rerr := io.ReadFull(f, (*bp)[:minSize])
+	data := (*bp)[:n]
+	switch {
+	case rerr == nil:
+		return a.readContent(ctx, ch, io.MultiReader(bytes.NewReader(data), f), false)
+	case errors.Is(rerr, io.EOF):
+		return []repo.ID{}, 0, nil, nil // as the chunker gives it: no chunks
+	case !errors.Is(rerr, io.ErrUnexpectedEOF):
+		return nil, 0, rerr, nil
+	}
+	a.bytes.Add(int64(n))
+	id, _, err := a.store.SaveBlob(ctx, repo.DataBlob, data)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	return []repo.ID{id}, int64(n), nil, nil
 }
 
 // readContent chunks r and stores the chunks. readErr is a failure of the

@@ -64,6 +64,12 @@ func (b *Backend) Save(ctx context.Context, h repo.Handle, r io.ReaderAt, size i
 	}
 	final := b.path(h)
 	dir := filepath.Dir(final)
+	if linked, err := linkFile(r, size, dir, final); linked || err != nil {
+		if err != nil {
+			return fmt.Errorf("save %s: %w", h, err)
+		}
+		return nil
+	}
 	f, err := os.CreateTemp(dir, ".tmp-")
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(dir, 0o700); err == nil {
@@ -101,19 +107,75 @@ func (b *Backend) Save(ctx context.Context, h repo.Handle, r io.ReaderAt, size i
 	return syncDir(dir)
 }
 
+// TempDir is where a pack being filled can live so that Save can link it
+// into place (see linkFile): the repository's own file system.
+func (b *Backend) TempDir() string { return b.dir }
+
+// linkFile gives r its name in the repository if it is an unnamed
+// temporary file (O_TMPFILE) of size bytes on the repository's file system:
+// a data pack then is never copied. false with no error: r cannot be
+// linked, the caller copies it.
+func linkFile(r io.ReaderAt, size int64, dir, final string) (bool, error) {
+	sf, ok := unwrapFile(r)
+	if !ok {
+		return false, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(sf.Fd()), &st); err != nil || st.Nlink != 0 || st.Size != size {
+		return false, nil
+	}
+	tmp := filepath.Join(dir, ".tmp-"+filepath.Base(final))
+	link := func() error {
+		return unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", sf.Fd()), unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW)
+	}
+	err := link()
+	if errors.Is(err, unix.ENOENT) {
+		if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) && os.MkdirAll(dir, 0o700) == nil {
+			err = link()
+		}
+	}
+	// EXDEV (another file system), ENOENT (not O_TMPFILE), EEXIST (the
+	// same pack being saved at once elsewhere): copy instead.
+	if err != nil {
+		return false, nil
+	}
+	done := false
+	defer func() {
+		if !done {
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err := sf.Sync(); err != nil {
+		return true, fmt.Errorf("fsync: %w", err)
+	}
+	// Stored files are immutable: read-only guards against accidents.
+	_ = unix.Fchmod(int(sf.Fd()), 0o400)
+	if err := os.Rename(tmp, final); err != nil {
+		return true, err
+	}
+	done = true
+	return true, syncDir(dir)
+}
+
+// unwrapFile finds the file under r's wrappers, if r is one.
+func unwrapFile(r io.ReaderAt) (*os.File, bool) {
+	for {
+		if f, ok := r.(*os.File); ok {
+			return f, true
+		}
+		u, ok := r.(interface{ Unwrap() io.ReaderAt })
+		if !ok {
+			return nil, false
+		}
+		r = u.Unwrap()
+	}
+}
+
 // copyFrom writes size bytes of r to f. A source that is a file (a data
 // pack assembled in a temporary file) is copied inside the kernel, which
 // spares a read and a write through user space for every pack.
 func copyFrom(f *os.File, r io.ReaderAt, size int64) (int64, error) {
-	src := r
-	for {
-		u, ok := src.(interface{ Unwrap() io.ReaderAt })
-		if !ok {
-			break
-		}
-		src = u.Unwrap()
-	}
-	if sf, ok := src.(*os.File); ok {
+	if sf, ok := unwrapFile(r); ok {
 		var n int64
 		for n < size {
 			off := n

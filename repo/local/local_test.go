@@ -12,6 +12,7 @@ import (
 	"github.com/cairn-backup/cairn/repo/local"
 	"github.com/cairn-backup/cairn/repo/repotest"
 	"github.com/cairn-backup/cairn/repo/retry"
+	"golang.org/x/sys/unix"
 )
 
 func TestBackend(t *testing.T) {
@@ -194,5 +195,55 @@ func TestSaveFromFile(t *testing.T) {
 	}
 	if _, err := be.Stat(ctx, short); err == nil {
 		t.Fatal("a short save left a file under the full name")
+	}
+}
+
+// TestSaveLinksTempFile: an unnamed temporary file on the repository's file
+// system (how data packs are filled) becomes the stored file itself, read-only,
+// with nothing left beside it; stored again, the same name keeps its content.
+func TestSaveLinksTempFile(t *testing.T) {
+	ctx := context.Background()
+	be, err := local.Open(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Create(); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(be.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Skipf("no O_TMPFILE here: %v", err)
+	}
+	src := os.NewFile(uintptr(fd), "tmpfile")
+	defer src.Close()
+	data := bytes.Repeat([]byte("pack"), 100_000)
+	if _, err := src.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	h := repo.Handle{Type: repo.PackFile, Name: "cc" + strings.Repeat("0", 62)}
+	if err := retry.New(be, retry.Options{}).Save(ctx, h, src, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Nlink != 1 || st.Mode&0o777 != 0o400 {
+		t.Errorf("source after save: %d links, mode %o; want the stored file, 1 link, 0400", st.Nlink, st.Mode&0o777)
+	}
+	got, err := repo.ReadAll(ctx, be, h)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes (%v), want the %d saved", len(got), err, len(data))
+	}
+	// A second save of a named file copies; the directory holds one file.
+	if err := be.Save(ctx, h, src, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(filepath.Dir(filepath.Join(be.Location(), "data", "cc", h.Name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Errorf("pack directory holds %d entries, want 1", len(entries))
 	}
 }
