@@ -83,6 +83,17 @@ func (k *Key) Seal(dst, plaintext, ad []byte) []byte {
 	return k.aead.Seal(dst, nonce, plaintext, ad)
 }
 
+// SealInPlace is Seal without a second buffer: buf holds NonceSize spare
+// bytes followed by the plaintext, and becomes nonce||ciphertext||tag (within
+// its capacity if it has Overhead-NonceSize to spare).
+func (k *Key) SealInPlace(buf, ad []byte) []byte {
+	nonce := buf[:NonceSize]
+	if _, err := rand.Read(nonce); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	return k.aead.Seal(buf[:NonceSize], nonce, buf[NonceSize:], ad)
+}
+
 // Open authenticates and decrypts a sealed object, appending the plaintext to dst.
 func (k *Key) Open(dst, sealed, ad []byte) ([]byte, error) {
 	return openAEAD(k.aead, dst, sealed, ad)

@@ -41,6 +41,26 @@ func TestSealOpenRoundTrip(t *testing.T) {
 	}
 }
 
+// TestSealInPlace: sealing inside the plaintext's buffer gives what Open
+// reads back, using the buffer's spare capacity when it has some.
+func TestSealInPlace(t *testing.T) {
+	k := crypto.NewRandomKey()
+	ad := []byte("data")
+	for _, n := range []int{0, 1, 100, 1 << 20} {
+		plain := randomBytes(t, n)
+		buf := make([]byte, crypto.NonceSize, crypto.NonceSize+n+crypto.Overhead)
+		buf = append(buf, plain...)
+		sealed := k.SealInPlace(buf, ad)
+		if len(sealed) != n+crypto.Overhead || &sealed[0] != &buf[0] {
+			t.Fatalf("%d bytes: sealed %d bytes, in place %v", n, len(sealed), &sealed[0] == &buf[0])
+		}
+		got, err := k.Open(nil, sealed, ad)
+		if err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("%d bytes: open: %v, equal %v", n, err, bytes.Equal(got, plain))
+		}
+	}
+}
+
 func TestSealAppendsToDst(t *testing.T) {
 	k := crypto.NewRandomKey()
 	prefix := []byte("prefix")

@@ -272,16 +272,15 @@ func (s *Store) SaveBlob(ctx context.Context, t repo.BlobType, data []byte) (id 
 		return id, true, nil
 	}
 
-	encp := scratch.Get().(*[]byte)
+	// Encoded after room for the nonce and sealed in place: one buffer.
 	sealp := scratch.Get().(*[]byte)
-	defer scratch.Put(encp)
 	defer scratch.Put(sealp)
 	comp := s.comp
 	if t == repo.TreeBlob {
 		comp = repo.CompressAuto
 	}
-	*encp = repo.Encode((*encp)[:0], data, comp)
-	*sealp = s.key.Seal((*sealp)[:0], *encp, repo.BlobAD(t, id))
+	*sealp = repo.Encode(append((*sealp)[:0], make([]byte, crypto.NonceSize)...), data, comp)
+	*sealp = s.key.SealInPlace(*sealp, repo.BlobAD(t, id))
 
 	s.mu.Lock()
 	w := s.packers[t]
