@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cairn-backup/cairn/repo"
@@ -33,17 +34,29 @@ var (
 	bucketSegments = []byte("segments") // sequence number -> segment
 	keyVersion     = []byte("version")
 	keyBlobs       = []byte("blobs")  // in a segment: the sorted entries
+	keyCount       = []byte("count")  // in a segment: how many, a uvarint
 	keyFilter      = []byte("filter") // in a segment, written last
 )
 
+// segmentMax bounds the entries sorted in memory for one new segment; a
+// variable so that tests can split adds cheaply.
+var segmentMax = 1 << 18
+
 const (
-	// segmentMax bounds the entries sorted in memory for one new segment.
-	segmentMax = 1 << 18
+	// mergeBatch is how many entries of index files Load gathers before
+	// adding them: a quarter of segmentMax, since a cold load of a large
+	// index must leave room for the merges' filters under the memory limit
+	// cmd/cairn sets (a heap held near it spends its time collecting).
+	mergeBatch = 1 << 16
 	// putBatch bounds the entries one write transaction holds in memory.
 	putBatch = 1 << 16
 	// mergeRatio: a segment is merged into its older neighbour once it holds
 	// at least 1/mergeRatio as many entries, keeping O(log n) segments.
 	mergeRatio = 4
+	// How often pages read are dropped from the mapping: merges read
+	// fast, and freeing a segment reads all its pages at once.
+	dropIdle    = 100 * time.Millisecond
+	dropWriting = 5 * time.Millisecond
 )
 
 type entry struct {
@@ -65,6 +78,16 @@ type cache struct {
 
 	writeMu sync.Mutex // one writer of segments at a time
 	next    uint64     // sequence number of the next segment
+
+	// Pages of the file that lookups and merges read stay mapped into the
+	// process, and count in its RSS, until dropped (dropMapped): a
+	// goroutine drops them every dropIdle, every dropWriting while an add
+	// runs, so RSS does not grow towards the size of the file.
+	writing  atomic.Int32
+	nudge    chan struct{} // an add started
+	stopDrop chan struct{}
+	dropDone chan struct{}
+	stopOnce sync.Once
 }
 
 func openCache(path string) (*cache, error) {
@@ -82,7 +105,10 @@ func openCache(path string) (*cache, error) {
 }
 
 func openCacheFile(path string) (*cache, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true})
+	// The freelist is kept synced (see add): without it, every open walks
+	// every page to find the free ones, which takes time and maps the
+	// whole file into the process, so that RSS would grow with the index.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +117,31 @@ func openCacheFile(path string) (*cache, error) {
 		db.Close()
 		return nil, err
 	}
+	c.dropMapped() // the filters, copied out
+	c.nudge = make(chan struct{}, 1)
+	c.stopDrop, c.dropDone = make(chan struct{}), make(chan struct{})
+	go c.dropLoop()
 	return c, nil
+}
+
+func (c *cache) dropLoop() {
+	defer close(c.dropDone)
+	t := time.NewTimer(dropIdle)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stopDrop:
+			return
+		case <-c.nudge:
+		case <-t.C:
+		}
+		c.dropMapped()
+		if c.writing.Load() > 0 {
+			t.Reset(dropWriting)
+		} else {
+			t.Reset(dropIdle)
+		}
+	}
 }
 
 // load reads the segments' filters, dropping segments a crash left unfinished
@@ -116,7 +166,13 @@ func (c *cache) load() error {
 			}
 			s := &segment{filter: decodeBloom(f)}
 			copy(s.name[:], name)
-			s.count = b.Bucket(keyBlobs).Stats().KeyN
+			// Counting the entries would read every page of the segment;
+			// segments written before keyCount existed are counted.
+			if n, k := binary.Uvarint(b.Get(keyCount)); k > 0 {
+				s.count = int(n)
+			} else {
+				s.count = b.Bucket(keyBlobs).Stats().KeyN
+			}
 			c.segs = append(c.segs, s)
 			c.next = max(c.next, binary.BigEndian.Uint64(name)+1)
 			return nil
@@ -170,7 +226,13 @@ func (c *cache) reset() error {
 	return err
 }
 
-func (c *cache) close() error { return c.db.Close() }
+func (c *cache) close() error {
+	c.stopOnce.Do(func() {
+		close(c.stopDrop)
+		<-c.dropDone
+	})
+	return c.db.Close()
+}
 
 // files returns the merged index files and what each supersedes.
 func (c *cache) files() (map[repo.ID][]repo.ID, error) {
@@ -189,10 +251,35 @@ func (c *cache) files() (map[repo.ID][]repo.ID, error) {
 func (c *cache) add(entries []entry, files map[repo.ID][]byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
+	// Every commit that syncs the freelist writes all of it, and merges
+	// leave many free pages: the segments are written without it, and it
+	// is synced once at the end, so that the next open need not walk every
+	// page to rebuild it. A crash in between costs that walk once.
+	c.db.NoFreelistSync = true
+	c.writing.Add(1)
+	select {
+	case c.nudge <- struct{}{}:
+	default:
+	}
+	err := c.addSegments(entries, files)
+	c.writing.Add(-1)
+	c.dropMapped()
+	c.db.NoFreelistSync = false
+	if syncErr := c.db.Update(func(*bolt.Tx) error { return nil }); err == nil && syncErr != nil {
+		err = fmt.Errorf("sync index cache freelist: %w", syncErr)
+	}
+	return err
+}
+
+// addSegments is add, with writeMu held.
+func (c *cache) addSegments(entries []entry, files map[repo.ID][]byte) error {
 	for len(entries) > 0 {
 		n := min(len(entries), segmentMax)
 		part := entries[:n]
 		entries = entries[n:]
+		if len(entries) == 0 {
+			entries = nil // nothing keeps the batch alive while merging
+		}
 		slices.SortFunc(part, func(a, b entry) int { return bytes.Compare(a.k[:], b.k[:]) })
 		var done map[repo.ID][]byte
 		if len(entries) == 0 {
@@ -215,8 +302,15 @@ func (c *cache) add(entries []entry, files map[repo.ID][]byte) error {
 		c.mu.Lock()
 		c.segs = append(c.segs, s)
 		c.mu.Unlock()
+		// After every segment, not once at the end: a full segment
+		// followed by a short one would otherwise never be merged, the
+		// segments would pile up, and the next short add would merge
+		// them all one by one, rewriting the index once per segment.
+		if err := c.compact(); err != nil {
+			return err
+		}
 	}
-	return c.compact()
+	return nil
 }
 
 // compact merges the newest segment into its older neighbour while that
@@ -265,7 +359,15 @@ func (c *cache) merge(a, b *segment) (*segment, error) {
 		// stays open long; each batch resumes after the last key it gave.
 		var last []byte
 		for {
-			var batch []entry
+			// Values are copied into one buffer per batch: an allocation
+			// per value keeps the collector busy, and a buffer reused
+			// across batches would change values not yet committed.
+			batch := make([]entry, 0, putBatch)
+			vals := make([]byte, 0, putBatch*maxLoc)
+			clone := func(v []byte) []byte {
+				vals = append(vals, v...)
+				return vals[len(vals)-len(v) : len(vals) : len(vals)]
+			}
 			err := c.db.View(func(tx *bolt.Tx) error {
 				segs := tx.Bucket(bucketSegments)
 				ca := segs.Bucket(a.name[:]).Bucket(keyBlobs).Cursor()
@@ -277,15 +379,15 @@ func (c *cache) merge(a, b *segment) (*segment, error) {
 					switch cmp := compareKeys(ka, kb); {
 					case cmp < 0:
 						copy(e.k[:], ka)
-						e.v = slices.Clone(va)
+						e.v = clone(va)
 						ka, va = ca.Next()
 					case cmp > 0:
 						copy(e.k[:], kb)
-						e.v = slices.Clone(vb)
+						e.v = clone(vb)
 						kb, vb = cb.Next()
 					default: // in both: one location is as good as another
 						copy(e.k[:], ka)
-						e.v = slices.Clone(va)
+						e.v = clone(va)
 						ka, va = ca.Next()
 						kb, vb = cb.Next()
 					}
@@ -382,6 +484,9 @@ func (c *cache) writeSegment(gen func(yield func(entry) error) error, sizeHint i
 				return err
 			}
 			if _, err := seg.CreateBucketIfNotExists(keyBlobs); err != nil {
+				return err
+			}
+			if err := seg.Put(keyCount, binary.AppendUvarint(nil, uint64(s.count))); err != nil {
 				return err
 			}
 			if err := seg.Put(keyFilter, s.filter.encode()); err != nil {

@@ -114,6 +114,43 @@ func TestCacheSegments(t *testing.T) {
 	checkCache(t, c, total, total, total+1000)
 }
 
+// TestCacheSplitAdds: adds larger than one segment, each split into a full
+// segment and a short one, are merged as they come, so the number of
+// segments stays logarithmic; the counts survive a reopen.
+func TestCacheSplitAdds(t *testing.T) {
+	defer func(n int) { segmentMax = n }(segmentMax)
+	segmentMax = 100
+	c, path := newTestCache(t)
+	total := 0
+	for round := range 20 {
+		if err := c.add(testEntries(total, total+120), map[repo.ID][]byte{{byte(round)}: nil}); err != nil {
+			t.Fatal(err)
+		}
+		total += 120
+		if len(c.segs) > 4 {
+			t.Fatalf("%d segments after %d adds", len(c.segs), round+1)
+		}
+	}
+	checkCache(t, c, total, total, total+1000)
+	var counts []int
+	for _, s := range c.segs {
+		counts = append(counts, s.count)
+	}
+	c.close()
+	c, err := openCache(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	var reopened []int
+	for _, s := range c.segs {
+		reopened = append(reopened, s.count)
+	}
+	if fmt.Sprint(counts) != fmt.Sprint(reopened) {
+		t.Fatalf("segment counts %v after a reopen, want %v", reopened, counts)
+	}
+}
+
 // TestCacheDuplicates: the same key in two batches is stored and listed once.
 func TestCacheDuplicates(t *testing.T) {
 	c, _ := newTestCache(t)

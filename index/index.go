@@ -155,15 +155,18 @@ func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) e
 	var batch []entry
 	files := map[repo.ID][]byte{}
 	commit := func() error {
-		if err := idx.db.add(batch, files); err != nil {
+		// The batch is handed over, not kept: the merges that follow it
+		// need the memory.
+		b, done := batch, files
+		batch, files = nil, map[repo.ID][]byte{}
+		if err := idx.db.add(b, done); err != nil {
 			return fmt.Errorf("update index cache: %w", err)
 		}
 		idx.mu.Lock()
-		for id := range files {
+		for id := range done {
 			idx.files[id] = true
 		}
 		idx.mu.Unlock()
-		batch, files = nil, map[repo.ID][]byte{}
 		return nil
 	}
 	for _, id := range ids {
@@ -173,7 +176,7 @@ func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) e
 		}
 		batch = appendEntries(batch, f)
 		files[id] = joinIDs(f.Supersedes)
-		if len(batch) >= segmentMax {
+		if len(batch) >= mergeBatch {
 			if err := commit(); err != nil {
 				return err
 			}
@@ -186,10 +189,18 @@ func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) e
 }
 
 func appendEntries(batch []entry, f *File) []entry {
+	n := 0
+	for _, p := range f.Packs {
+		n += len(p.Blobs)
+	}
+	// One buffer for the file's values, not one allocation per blob.
+	locs := make([]byte, 0, n*maxLoc)
 	for _, p := range f.Packs {
 		for _, e := range p.Blobs {
 			e.Pack = p.Pack
-			batch = append(batch, entry{k: keyOf(e.Type, e.ID), v: encodeLoc(make([]byte, 0, 48), e)})
+			start := len(locs)
+			locs = encodeLoc(locs, e)
+			batch = append(batch, entry{k: keyOf(e.Type, e.ID), v: locs[start:len(locs):len(locs)]})
 		}
 	}
 	return batch
@@ -220,6 +231,9 @@ func LoadFile(ctx context.Context, r *repo.Repo, id repo.ID) (*File, error) {
 	}
 	return f, nil
 }
+
+// maxLoc is the longest encodeLoc: a pack ID and three 32-bit uvarints.
+const maxLoc = 32 + 3*binary.MaxVarintLen32
 
 func encodeLoc(b []byte, e repo.PackedBlob) []byte {
 	b = append(b, e.Pack[:]...)
