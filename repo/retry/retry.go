@@ -117,6 +117,7 @@ func IsTransient(err error) bool {
 		syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.EPIPE,
 		syscall.ETIMEDOUT, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENETDOWN,
 		io.ErrUnexpectedEOF, context.DeadlineExceeded,
+		net.ErrClosed, // the transport's connection, closed under a request being written
 	} {
 		if errors.Is(err, e) {
 			return true

@@ -461,6 +461,8 @@ func TestIsTransient(t *testing.T) {
 		{&url.Error{Op: "Get", URL: "http://h/b", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}, true},
 		{fmt.Errorf("load: %w", errReset), true},
 		{&url.Error{Op: "Put", URL: "http://h/b/k", Err: io.EOF}, true},
+		// A server that went away while a request body was being sent.
+		{&url.Error{Op: "Put", URL: "http://h/b/k", Err: &net.OpError{Op: "readfrom", Net: "tcp", Err: &net.OpError{Op: "write", Net: "tcp", Err: net.ErrClosed}}}, true},
 		{fmt.Errorf("read source: %w", io.EOF), false},
 		{&net.DNSError{Err: "no such host", Name: "nohost.invalid", IsNotFound: true}, false},
 		{&net.DNSError{Err: "server misbehaving", Name: "h", IsTemporary: true}, true},
