@@ -16,8 +16,8 @@
 # the two nights' dumps, default 20000 at scale 30, proportional to it).
 # Runs are warm-cache: the machine's page cache is not dropped, dirty pages
 # are synced before every step, and the source is read once before every
-# backup (untimed), since a kernel with proactive reclaim (DAMON's kdamond)
-# evicts files left idle during the other tools' steps.
+# backup and the repository before every restore (untimed), since a kernel
+# with proactive reclaim (DAMON's kdamond) evicts files left idle.
 #
 # Steps, each on a fresh repository per round and tool:
 #   first      first backup of the tree
@@ -220,6 +220,9 @@ backup() { # backup TOOL STEP ROUND PATH
 restore() { # restore TOOL ROUND
 	local tool=$1 round=$2 target=$RESTORE_DIR
 	rm -rf "$target" && mkdir -p "$target"
+	# As for backups, the input comes from the page cache: proactive reclaim
+	# may have evicted packs written a minute ago.
+	find "$work/$tool-repo" "$work/$tool-cache" -type f -print0 2>/dev/null | xargs -0 cat >/dev/null
 	case $tool in
 	cairn) run_step "$tool" restore "$round" "$CAIRN" restore latest --target "$target" -q ;;
 	restic) run_step "$tool" restore "$round" restic restore latest --target "$target" -q ;;
