@@ -13,8 +13,8 @@ import (
 // With cgo, auto compression is the reference zstd library at its default
 // level 3: on the benchmark's files it stores slightly less than the pure-Go
 // encoder's default level for about 60% of its CPU (docs/benchmarks.md), and
-// compression is most of a first backup's CPU. The frames are plain zstd;
-// decoding stays in Go either way.
+// compression is most of a first backup's CPU. The frames are plain zstd,
+// read by either build.
 const autoLevel = 3
 
 // cctxs holds one (de)compression context per core, made on first use and
@@ -30,13 +30,18 @@ var cctxs = func() chan zstd.Ctx {
 	return c
 }()
 
+// takeCtx waits for a free context; the caller puts it back in cctxs.
+func takeCtx() zstd.Ctx {
+	if c := <-cctxs; c != nil {
+		return c
+	}
+	return zstd.NewCtx()
+}
+
 // compressAuto appends the zstd frame of src to dst; false if the library
 // failed (the caller stores src raw).
 func compressAuto(dst, src []byte) ([]byte, bool) {
-	c := <-cctxs
-	if c == nil {
-		c = zstd.NewCtx()
-	}
+	c := takeCtx()
 	defer func() { cctxs <- c }()
 	dst = slices.Grow(dst, zstd.CompressBound(len(src)))
 	out, err := c.CompressLevel(dst[len(dst):cap(dst)], src, autoLevel)
@@ -61,10 +66,7 @@ func decompressSized(dst, src []byte, maxSize int) (out []byte, ok bool, err err
 	if n == 0 {
 		return nil, false, nil
 	}
-	c := <-cctxs
-	if c == nil {
-		c = zstd.NewCtx()
-	}
+	c := takeCtx()
 	defer func() { cctxs <- c }()
 	dst = slices.Grow(dst, int(n))
 	got, err := c.DecompressInto(dst[len(dst):len(dst)+int(n)], src)

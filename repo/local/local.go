@@ -129,10 +129,8 @@ func linkFile(r io.ReaderAt, size int64, dir, final string) (bool, error) {
 		return unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", sf.Fd()), unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW)
 	}
 	err := link()
-	if errors.Is(err, unix.ENOENT) {
-		if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) && os.MkdirAll(dir, 0o700) == nil {
-			err = link()
-		}
+	if errors.Is(err, unix.ENOENT) && os.MkdirAll(dir, 0o700) == nil {
+		err = link() // the directory was missing, or still ENOENT: not O_TMPFILE
 	}
 	// EXDEV (another file system), ENOENT (not O_TMPFILE), EEXIST (the
 	// same pack being saved at once elsewhere): copy instead.
