@@ -4,7 +4,6 @@
 package pack
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -36,7 +35,7 @@ type Writer struct {
 	Type  repo.BlobType
 	buf   []byte // memory: the pack so far
 	file  *os.File
-	bw    *bufio.Writer
+	out   *fileOut
 	hash  *blake3.Hasher
 	size  int
 	blobs []repo.PackedBlob
@@ -50,13 +49,14 @@ func NewWriter(t repo.BlobType, buf []byte) *Writer {
 
 // NewFileWriter starts a pack for blobs of type t in a temporary file in dir
 // (empty: the system's), removed from the directory at once so that nothing
-// outlives the process.
-func NewFileWriter(t repo.BlobType, dir string) (*Writer, error) {
+// outlives the process. direct writes it past the page cache where the file
+// system allows (see fileOut): for a pack that is not read back.
+func NewFileWriter(t repo.BlobType, dir string, direct bool) (*Writer, error) {
 	f, err := openTemp(dir)
 	if err != nil {
 		return nil, fmt.Errorf("temporary pack file: %w", err)
 	}
-	return &Writer{Type: t, file: f, bw: bufio.NewWriterSize(f, 256<<10), hash: crypto.NewHasher()}, nil
+	return &Writer{Type: t, file: f, out: newFileOut(f, direct), hash: crypto.NewHasher()}, nil
 }
 
 // openTemp opens a file in dir that has no name, so nothing is left behind
@@ -98,7 +98,7 @@ func (w *Writer) write(b []byte) {
 	}
 	_, _ = w.hash.Write(b)
 	if w.err == nil {
-		_, w.err = w.bw.Write(b)
+		w.err = w.out.write(b)
 	}
 }
 
@@ -111,6 +111,7 @@ func (w *Writer) Count() int { return len(w.blobs) }
 // Discard releases a Writer that will not be finished.
 func (w *Writer) Discard() {
 	if w.file != nil {
+		w.out.release()
 		w.file.Close()
 	}
 }
@@ -161,7 +162,7 @@ func (w *Writer) Finish(key *crypto.Key) (*Finished, error) {
 		return &Finished{ID: repo.ID(crypto.Hash(w.buf)), Size: size, Data: bytes.NewReader(w.buf), Blobs: w.blobs}, nil
 	}
 	if w.err == nil {
-		w.err = w.bw.Flush()
+		w.err = w.out.flush()
 	}
 	if w.err != nil {
 		w.Discard()

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand"
+	"os"
 	"reflect"
 	"testing"
 
@@ -48,7 +49,7 @@ func buildPack(t testing.TB, key *crypto.Key, bt repo.BlobType, sizes []int) tes
 	w := pack.NewWriter(bt, nil)
 	if bt == repo.DataBlob {
 		var err error
-		if w, err = pack.NewFileWriter(bt, t.TempDir()); err != nil {
+		if w, err = pack.NewFileWriter(bt, t.TempDir(), true); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -440,4 +441,68 @@ func FuzzParseTrailer(f *testing.F) {
 			t.Fatalf("blobs take %d bytes of a %d-byte pack with a %d-byte trailer", sum, packSize, n)
 		}
 	})
+}
+
+// TestFileWriterWaysAgree fills the same pack in memory, in a file through
+// the page cache and in a file past it (O_DIRECT where the file system takes
+// it: /dev/shm may not), with blobs that straddle the 1 MiB writes: every
+// way must give the same blob bytes (the header has a nonce of its own) and
+// a pack named by the hash of what is in the file.
+func TestFileWriterWaysAgree(t *testing.T) {
+	key := fixedKey(t)
+	sizes := []int{1, 1 << 20, 4095, 4097, 3 << 20, 10, (1 << 20) - 7, 0, 123457}
+	type blob struct {
+		id     repo.ID
+		sealed []byte
+		n      int
+	}
+	var blobs []blob
+	for i, n := range sizes {
+		id, sealed := sealBlob(key, repo.DataBlob, random(int64(i), n))
+		blobs = append(blobs, blob{id, sealed, n})
+	}
+	fill := func(w *pack.Writer) ([]byte, repo.ID) {
+		t.Helper()
+		for _, b := range blobs {
+			w.Add(b.id, b.sealed, b.n)
+		}
+		f, err := w.Finish(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		data := make([]byte, f.Size)
+		if _, err := f.Data.ReadAt(data, 0); err != nil {
+			t.Fatal(err)
+		}
+		return data, f.ID
+	}
+	want, _ := fill(pack.NewWriter(repo.DataBlob, nil))
+	var blobBytes int
+	for _, b := range blobs {
+		blobBytes += len(b.sealed)
+	}
+	dirs := []string{t.TempDir()}
+	if shm, err := os.MkdirTemp("/dev/shm", "cairn-test-"); err == nil {
+		t.Cleanup(func() { os.RemoveAll(shm) })
+		dirs = append(dirs, shm)
+	}
+	for _, dir := range dirs {
+		for _, direct := range []bool{false, true} {
+			w, err := pack.NewFileWriter(repo.DataBlob, dir, direct)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, id := fill(w)
+			if len(got) != len(want) || !bytes.Equal(got[:blobBytes], want[:blobBytes]) {
+				t.Fatalf("file pack in %s (direct %v): %d bytes, not the %d in memory", dir, direct, len(got), len(want))
+			}
+			if id != repo.ID(crypto.Hash(got)) {
+				t.Fatalf("file pack in %s (direct %v): ID %s is not the hash of its bytes", dir, direct, id.Short())
+			}
+			if _, err := pack.ParseTrailer(key, got, int64(len(got))); err != nil {
+				t.Fatalf("file pack in %s (direct %v): %v", dir, direct, err)
+			}
+		}
+	}
 }

@@ -53,18 +53,7 @@ func NewStore(r *repo.Repo, idx *index.Index) *Store {
 		inflight: map[[33]byte]struct{}{}, connections: 2}
 	// A backend with a directory of its own for temporary files (a local
 	// repository) gets its packs filled there, ready to be linked in.
-	be := r.Backend()
-	for {
-		if t, ok := be.(interface{ TempDir() string }); ok {
-			s.tempDir = t.TempDir()
-			break
-		}
-		u, ok := be.(interface{ Unwrap() repo.Backend })
-		if !ok {
-			break
-		}
-		be = u.Unwrap()
-	}
+	s.tempDir = repo.TempDirOf(r.Backend())
 	return s
 }
 
@@ -225,12 +214,13 @@ func (s *Store) store(ctx context.Context, w *Writer) error {
 
 // newWriter starts a pack of type t. Data packs go to a temporary file,
 // so the packs in flight cost no heap; tree packs rarely fill and grow from
-// a small buffer.
+// a small buffer. A pack filled in the repository's own directory is linked
+// in, never read back: it goes past the page cache.
 func (s *Store) newWriter(t repo.BlobType) (*Writer, error) {
 	if t == repo.TreeBlob {
 		return NewWriter(t, make([]byte, 0, 64<<10)), nil
 	}
-	return NewFileWriter(t, s.tempDir)
+	return NewFileWriter(t, s.tempDir, s.tempDir != "")
 }
 
 func inflightKey(t repo.BlobType, id repo.ID) (k [33]byte) {

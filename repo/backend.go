@@ -87,3 +87,19 @@ func ReadAt(ctx context.Context, be Backend, h Handle, offset int64, length int,
 	})
 	return buf, err
 }
+
+// TempDirOf is the directory where files bound for be can be made so that
+// it links them into place instead of copying them (a local repository's
+// own), looking through wrappers that expose Unwrap; empty when be has none.
+func TempDirOf(be Backend) string {
+	for {
+		if t, ok := be.(interface{ TempDir() string }); ok {
+			return t.TempDir()
+		}
+		u, ok := be.(interface{ Unwrap() Backend })
+		if !ok {
+			return ""
+		}
+		be = u.Unwrap()
+	}
+}

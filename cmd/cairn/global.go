@@ -76,6 +76,10 @@ type backend struct {
 	create func(context.Context) error
 }
 
+// Unwrap lets the pack store find the local backend's directory for packs
+// being filled, so that they are linked into place rather than copied.
+func (b *backend) Unwrap() repo.Backend { return b.Backend }
+
 // openBackend returns the backend named by --repo. Nothing is contacted yet.
 func openBackend(c *cli.Context) (*backend, error) {
 	loc, err := parseLocation(c.String("repo"))

@@ -17,6 +17,8 @@ var traffic struct {
 // countingBackend feeds traffic.
 type countingBackend struct{ repo.Backend }
 
+func (b countingBackend) Unwrap() repo.Backend { return b.Backend }
+
 func (b countingBackend) Save(ctx context.Context, h repo.Handle, r io.ReaderAt, size int64) error {
 	err := b.Backend.Save(ctx, h, r, size)
 	traffic.written.Add(size) // attempted bytes: a failed upload was sent too
