@@ -2,53 +2,99 @@
 
 package repo
 
+// The library's C sources come with github.com/DataDog/zstd, whose Go API
+// has no way to set a compression parameter: the few functions needed for
+// that are declared here (zstd.h, stable API) and resolve to its copy.
+
+/*
+#include <stddef.h>
+typedef struct ZSTD_CCtx_s ZSTD_CCtx;
+ZSTD_CCtx* ZSTD_createCCtx(void);
+size_t ZSTD_CCtx_setParameter(ZSTD_CCtx* cctx, int param, int value);
+size_t ZSTD_compress2(ZSTD_CCtx* cctx, void* dst, size_t dstCapacity, const void* src, size_t srcSize);
+unsigned ZSTD_isError(size_t code);
+*/
+import "C"
+
 import (
 	"fmt"
 	"runtime"
 	"slices"
+	"unsafe"
 
 	"github.com/DataDog/zstd"
 )
 
 // With cgo, auto compression is the reference zstd library at its default
-// level 3: on the benchmark's files it stores slightly less than the pure-Go
-// encoder's default level for about 60% of its CPU (docs/benchmarks.md), and
-// compression is most of a first backup's CPU. The frames are plain zstd,
-// read by either build.
-const autoLevel = 3
+// level 3 with matches of at least 6 bytes rather than 5: on the benchmark's
+// tree that stores less than level 3 itself for 5-15% less CPU, and less
+// than the pure-Go encoder's default for about two thirds of its CPU
+// (docs/benchmarks.md); compression is most of a first backup's CPU. The
+// frames are plain zstd, read by either build.
+const (
+	autoLevel    = 3
+	autoMinMatch = 6
 
-// cctxs holds one (de)compression context per core, made on first use and
-// reused (setting up a context's tables costs more than compressing a small
-// file). Taking one also caps compressions at one per core, which is all
-// the CPU there is, and bounds the library's memory (about 2 MiB each, outside
-// the Go heap).
-var cctxs = func() chan zstd.Ctx {
-	c := make(chan zstd.Ctx, runtime.GOMAXPROCS(0))
+	cLevel    = 100 // ZSTD_c_compressionLevel
+	cMinMatch = 105 // ZSTD_c_minMatch
+)
+
+// Contexts, one per core, are made on first use and reused (setting up a
+// context's tables costs more than compressing a small file). Taking one
+// also caps (de)compressions at one per core, which is all the CPU there
+// is, and bounds the library's memory (a few MiB each, outside the Go heap).
+var (
+	cctxs = newPool[*C.ZSTD_CCtx]() // compression, parameters set
+	dctxs = newPool[zstd.Ctx]()     // decompression
+)
+
+func newPool[T any]() chan T {
+	c := make(chan T, runtime.GOMAXPROCS(0))
+	var zero T
 	for range cap(c) {
-		c <- nil
+		c <- zero
 	}
 	return c
-}()
+}
 
-// takeCtx waits for a free context; the caller puts it back in cctxs.
-func takeCtx() zstd.Ctx {
+// takeCCtx waits for a free compression context; the caller puts it back.
+func takeCCtx() (*C.ZSTD_CCtx, error) {
 	if c := <-cctxs; c != nil {
-		return c
+		return c, nil
 	}
-	return zstd.NewCtx()
+	c := C.ZSTD_createCCtx()
+	if c == nil {
+		cctxs <- nil
+		return nil, fmt.Errorf("zstd: out of memory")
+	}
+	for _, p := range [][2]C.int{{cLevel, autoLevel}, {cMinMatch, autoMinMatch}} {
+		if r := C.ZSTD_CCtx_setParameter(c, p[0], p[1]); C.ZSTD_isError(r) != 0 {
+			cctxs <- c
+			return nil, fmt.Errorf("zstd: parameter %d: error %d", p[0], r)
+		}
+	}
+	return c, nil
 }
 
 // compressAuto appends the zstd frame of src to dst; false if the library
 // failed (the caller stores src raw).
 func compressAuto(dst, src []byte) ([]byte, bool) {
-	c := takeCtx()
-	defer func() { cctxs <- c }()
-	dst = slices.Grow(dst, zstd.CompressBound(len(src)))
-	out, err := c.CompressLevel(dst[len(dst):cap(dst)], src, autoLevel)
+	if len(src) == 0 {
+		return dst, false
+	}
+	c, err := takeCCtx()
 	if err != nil {
 		return dst, false
 	}
-	return dst[:len(dst)+len(out)], true
+	defer func() { cctxs <- c }()
+	dst = slices.Grow(dst, zstd.CompressBound(len(src)))
+	free := dst[len(dst):cap(dst)]
+	n := C.ZSTD_compress2(c, unsafe.Pointer(unsafe.SliceData(free)), C.size_t(len(free)),
+		unsafe.Pointer(unsafe.SliceData(src)), C.size_t(len(src)))
+	if C.ZSTD_isError(n) != 0 {
+		return dst, false
+	}
+	return dst[:len(dst)+int(n)], true
 }
 
 // decompressSized decodes a frame that states its content size straight into
@@ -66,8 +112,11 @@ func decompressSized(dst, src []byte, maxSize int) (out []byte, ok bool, err err
 	if n == 0 {
 		return nil, false, nil
 	}
-	c := takeCtx()
-	defer func() { cctxs <- c }()
+	c := <-dctxs
+	if c == nil {
+		c = zstd.NewCtx()
+	}
+	defer func() { dctxs <- c }()
 	dst = slices.Grow(dst, int(n))
 	got, err := c.DecompressInto(dst[len(dst):len(dst)+int(n)], src)
 	if err != nil {
