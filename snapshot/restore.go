@@ -524,7 +524,7 @@ func (r *restorer) linkTo(first string, dfd int, name string) error {
 const (
 	batchFiles = 128      // open files waiting in one batch (two descriptors each)
 	batchBytes = 8 << 20  // content bytes in one batch
-	spanMax    = 4 << 20  // bytes read from a pack at once
+	spanMax    = 2 << 20  // bytes read from a pack at once (a larger blob is read whole)
 	spanGap    = 64 << 10 // unneeded bytes worth reading through rather than seeking past
 )
 
@@ -590,6 +590,14 @@ func (r *restorer) worker(ctx context.Context) error {
 				closeJobs(b, true)
 			}
 			return err
+		}
+		// A blob can be 8 MiB: buffers grown for one are not kept by every
+		// worker for the rest of the restore.
+		if cap(span) > spanMax {
+			span = nil
+		}
+		if cap(plain) > spanMax {
+			plain = nil
 		}
 	}
 	return nil

@@ -104,6 +104,10 @@ func runRestore(c *cli.Context) error {
 	if err := needArgs(c, 0, 1); err != nil {
 		return err
 	}
+	// A restore holds less than a backup (a 2 MiB span and a blob per
+	// worker, the trees being walked): a lower limit keeps its garbage from
+	// setting the resident size.
+	setMemoryLimit(64 << 20)
 	ref := c.Args().First()
 	var asOf time.Time
 	if s := c.String("as-of"); s != "" {

@@ -34,11 +34,17 @@ const (
 
 func main() {
 	// The working set is bounded (packs and chunks in flight), so a soft limit
-	// keeps garbage from doubling the resident size; GOMEMLIMIT overrides it.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(80 << 20)
-	}
+	// keeps garbage from doubling the resident size.
+	setMemoryLimit(80 << 20)
 	os.Exit(run(os.Args, os.Stderr))
+}
+
+// setMemoryLimit sets the runtime's soft memory limit to n bytes unless the
+// user chose one with GOMEMLIMIT.
+func setMemoryLimit(n int64) {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(n)
+	}
 }
 
 // run executes one command line and returns the exit code; every error is
