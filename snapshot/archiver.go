@@ -116,7 +116,7 @@ func (f *future) wait(ctx context.Context) (*Node, error) {
 }
 
 type fileJob struct {
-	file *os.File // nil: read src instead
+	file io.ReadCloser // nil: read src instead
 	src  io.Reader
 	path string
 	node *Node
@@ -561,11 +561,16 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 	if prev != nil && prev.Type != n.Type {
 		prev = nil
 	}
-	if prev != nil && !a.opts.Force && sameInode(n, prev) {
-		// Setting an xattr changes ctime: the parent's list still holds.
+	// Setting an xattr changes ctime: the parent's list still holds.
+	keepXattrs := prev != nil && !a.opts.Force && sameInode(n, prev)
+	if keepXattrs {
 		n.Xattrs = prev.Xattrs
-	} else if n.Xattrs, err = readXattrs(dirfd, name); err != nil {
-		a.report(path, err) // the entry itself is kept
+	} else if n.Type != TypeFile && n.Type != TypeDir {
+		// Files and directories are opened anyway: theirs are read
+		// through the descriptor (xattrsFd), without another path walk.
+		if n.Xattrs, err = readXattrs(dirfd, name); err != nil {
+			a.report(path, err) // the entry itself is kept
+		}
 	}
 	switch n.Type {
 	case TypeSymlink:
@@ -577,7 +582,7 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 		a.count(prev, prev != nil && !bytes.Equal(prev.Link, n.Link))
 		return resolved(n), nil
 	case TypeFile:
-		return a.saveFile(ctx, dirfd, name, path, n, prev)
+		return a.saveFile(ctx, dirfd, name, path, n, prev, !keepXattrs)
 	case TypeDir:
 		var prevTree *Tree
 		if prev != nil {
@@ -586,6 +591,11 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 			}
 		}
 		if a.opts.OneFileSystem && st.Dev != dev {
+			if !keepXattrs {
+				if n.Xattrs, err = readXattrs(dirfd, name); err != nil {
+					a.report(path, err)
+				}
+			}
 			// A mount point: kept as an empty directory, like restic.
 			empty, err := SaveTree(ctx, a.store, &Tree{})
 			if err != nil {
@@ -598,6 +608,11 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 		if err != nil {
 			a.report(path, err)
 			return resolved(nil), nil
+		}
+		if !keepXattrs {
+			if n.Xattrs, err = readXattrsFd(fd); err != nil {
+				a.report(path, err)
+			}
 		}
 		select {
 		case a.walkers <- struct{}{}:
@@ -744,7 +759,7 @@ func (a *archiver) unchanged(n, prev *Node) bool {
 	return true
 }
 
-func (a *archiver) saveFile(ctx context.Context, dirfd int, name, path string, n, prev *Node) (*future, error) {
+func (a *archiver) saveFile(ctx context.Context, dirfd int, name, path string, n, prev *Node, readX bool) (*future, error) {
 	a.nfiles.Add(1)
 	if a.unchanged(n, prev) {
 		n.Content = prev.Content
@@ -757,9 +772,14 @@ func (a *archiver) saveFile(ctx context.Context, dirfd int, name, path string, n
 		a.report(path, err)
 		return resolved(nil), nil
 	}
+	if readX {
+		if n.Xattrs, err = readXattrsFd(fd); err != nil {
+			a.report(path, err)
+		}
+	}
 	f := newFuture()
 	select {
-	case a.files <- fileJob{file: os.NewFile(uintptr(fd), path), path: path, node: n, prev: prev, fut: f}:
+	case a.files <- fileJob{file: fdFile(fd), path: path, node: n, prev: prev, fut: f}:
 		return f, nil
 	case <-ctx.Done():
 		unix.Close(fd)
@@ -811,7 +831,7 @@ func (a *archiver) fileWorker(ctx context.Context) error {
 // size, read straight into the blob buffer: the chunker would copy it through
 // a buffer of its own only to find no cut. A file that has since grown to the
 // minimum goes through the chunker after all.
-func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, f *os.File) (content []repo.ID, size int64, readErr, err error) {
+func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, f io.Reader) (content []repo.ID, size int64, readErr, err error) {
 	bp := a.bufs.Get().(*[]byte)
 	defer a.bufs.Put(bp)
 	minSize := int(a.cfg.ChunkMin)

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"strconv"
@@ -137,7 +138,18 @@ func nodeFromStat(name []byte, st *unix.Stat_t) *Node {
 // support has none.
 func readXattrs(dirfd int, name string) ([]Xattr, error) {
 	p := procPath(dirfd, name)
-	size, err := unix.Llistxattr(p, nil)
+	return listXattrs(func(b []byte) (int, error) { return unix.Llistxattr(p, b) },
+		func(k string, b []byte) (int, error) { return unix.Lgetxattr(p, k, b) })
+}
+
+// readXattrsFd is readXattrs for an open file or directory: no path walk.
+func readXattrsFd(fd int) ([]Xattr, error) {
+	return listXattrs(func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
+		func(k string, b []byte) (int, error) { return unix.Fgetxattr(fd, k, b) })
+}
+
+func listXattrs(list func([]byte) (int, error), get func(string, []byte) (int, error)) ([]Xattr, error) {
+	size, err := list(nil)
 	if err != nil || size == 0 {
 		if err == unix.ENOTSUP || err == unix.EOPNOTSUPP {
 			return nil, nil
@@ -148,13 +160,13 @@ func readXattrs(dirfd int, name string) ([]Xattr, error) {
 		return nil, nil
 	}
 	buf := make([]byte, size)
-	size, err = unix.Llistxattr(p, buf)
+	size, err = list(buf)
 	if err != nil {
 		return nil, fmt.Errorf("list xattrs: %w", err)
 	}
 	var out []Xattr
 	for _, key := range splitNul(buf[:size]) {
-		vsize, err := unix.Lgetxattr(p, key, nil)
+		vsize, err := get(key, nil)
 		if err != nil {
 			if err == unix.ENODATA {
 				continue // removed meanwhile
@@ -163,7 +175,7 @@ func readXattrs(dirfd int, name string) ([]Xattr, error) {
 		}
 		val := make([]byte, vsize)
 		if vsize > 0 {
-			if vsize, err = unix.Lgetxattr(p, key, val); err != nil {
+			if vsize, err = get(key, val); err != nil {
 				return nil, fmt.Errorf("get xattr %q: %w", key, err)
 			}
 		}
@@ -171,6 +183,28 @@ func readXattrs(dirfd int, name string) ([]Xattr, error) {
 	}
 	return out, nil
 }
+
+// fdFile reads an open file. os.File would cost a system call per file to
+// set up (the descriptor's flags), which adds up over many small files.
+type fdFile int
+
+func (f fdFile) Read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(f), b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 && len(b) > 0 {
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+func (f fdFile) Close() error { return unix.Close(int(f)) }
 
 func splitNul(b []byte) []string {
 	var out []string
