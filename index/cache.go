@@ -273,6 +273,15 @@ func (c *cache) add(entries []entry, files map[repo.ID][]byte) error {
 
 // addSegments is add, with writeMu held.
 func (c *cache) addSegments(entries []entry, files map[repo.ID][]byte) error {
+	if len(entries) == 0 {
+		// Index files with no entries (only what they supersede) are
+		// recorded all the same, or every load would read them again.
+		err := c.db.Update(func(tx *bolt.Tx) error { return putFiles(tx, files) })
+		if err != nil {
+			return fmt.Errorf("write index cache files: %w", err)
+		}
+		return nil
+	}
 	for len(entries) > 0 {
 		n := min(len(entries), segmentMax)
 		part := entries[:n]
@@ -492,19 +501,24 @@ func (c *cache) writeSegment(gen func(yield func(entry) error) error, sizeHint i
 			if err := seg.Put(keyFilter, s.filter.encode()); err != nil {
 				return err
 			}
-			fb := tx.Bucket(bucketFiles)
-			for id, sup := range files {
-				if err := fb.Put(slices.Clone(id[:]), sup); err != nil {
-					return err
-				}
-			}
-			return nil
+			return putFiles(tx, files)
 		})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("write index cache segment: %w", err)
 	}
 	return s, nil
+}
+
+// putFiles records index files (ID -> supersedes, encoded) as merged.
+func putFiles(tx *bolt.Tx, files map[repo.ID][]byte) error {
+	fb := tx.Bucket(bucketFiles)
+	for id, sup := range files {
+		if err := fb.Put(slices.Clone(id[:]), sup); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // get returns the stored location of k, newest segment first.

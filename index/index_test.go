@@ -3,6 +3,7 @@ package index_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -384,5 +385,49 @@ func TestLoadDamagedIndexFile(t *testing.T) {
 			idx.Close()
 			t.Errorf("cache %q: an undecodable index file was ignored", cache)
 		}
+	}
+}
+
+// loadCounter counts the index files read from the repository.
+type loadCounter struct {
+	repo.Backend
+	n int
+}
+
+func (b *loadCounter) Load(ctx context.Context, h repo.Handle, offset, length int64, fn func(io.Reader) error) error {
+	if h.Type == repo.IndexFile {
+		b.n++
+	}
+	return b.Backend.Load(ctx, h, offset, length, fn)
+}
+
+// TestCacheRecordsFileWithoutEntries: an index file that only supersedes
+// others (a prune that kept nothing of them) is merged like any other, so a
+// warm cache reads no index file again, also when it is the only file left.
+func TestCacheRecordsFileWithoutEntries(t *testing.T) {
+	ctx := context.Background()
+	be := &loadCounter{Backend: mem.New()}
+	r, err := repo.Init(ctx, be, []byte("pw"), repo.InitOptions{KDF: crypto.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f1, blobs1 := addFile(t, r, 1)
+	empty := &index.File{Supersedes: []repo.ID{f1}}
+	if _, err := r.SaveFile(ctx, repo.IndexFile, empty.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RemoveFile(ctx, repo.IndexFile, f1); err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	idx := load(t, r, cache)
+	checkHasNot(t, "cold cache", idx, blobs1)
+	idx.Close()
+
+	be.n = 0
+	idx = load(t, r, cache)
+	checkHasNot(t, "warm cache", idx, blobs1)
+	if be.n != 0 {
+		t.Fatalf("a load with a warm cache read %d index files, want none", be.n)
 	}
 }
