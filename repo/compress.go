@@ -85,33 +85,30 @@ var samplePool = sync.Pool{New: func() any { b := make([]byte, 0, 2*sampleSize);
 // worthCompressing probes data at its start, middle and end: compressed
 // media, archives and encrypted files are the bulk of many backups, and
 // compressing a whole blob to learn that costs far more than three probes.
-// A probe whose byte values are spread unevenly compresses for sure; only
-// probes that look random are compressed to find out.
+// The first probe that compresses decides: a probe whose byte values are
+// spread unevenly compresses for sure and is not even compressed to find
+// out. Data of which only a part compresses is then compressed whole, and
+// Encode still stores it raw when that saves too little.
 func worthCompressing(data []byte) bool {
 	offs := [3]int{0, len(data)/2 - sampleSize/2, len(data) - sampleSize}
-	skewed := true
 	for _, off := range offs {
-		if !skewedBytes(data[off : off+sampleSize]) {
-			skewed = false
-			break
+		if skewedBytes(data[off : off+sampleSize]) {
+			return true
 		}
-	}
-	if skewed {
-		return true
 	}
 	bp := samplePool.Get().(*[]byte)
 	defer samplePool.Put(bp)
-	in, out := 0, 0
 	for _, off := range offs {
 		probe := data[off : off+sampleSize]
 		var ok bool
 		if *bp, ok = compressAuto((*bp)[:0], probe); !ok {
 			return false
 		}
-		in += len(probe)
-		out += len(*bp)
+		if len(*bp) <= len(probe)-len(probe)/32 {
+			return true
+		}
 	}
-	return out <= in-in/32
+	return false
 }
 
 // skewedBytes reports whether b's order-0 entropy is under 7 bits per byte:
