@@ -26,6 +26,7 @@ __attribute__((constructor)) static void oneMallocArena(void) {
 
 typedef struct ZSTD_CCtx_s ZSTD_CCtx;
 ZSTD_CCtx* ZSTD_createCCtx(void);
+size_t ZSTD_freeCCtx(ZSTD_CCtx* cctx);
 size_t ZSTD_CCtx_setParameter(ZSTD_CCtx* cctx, int param, int value);
 size_t ZSTD_compress2(ZSTD_CCtx* cctx, void* dst, size_t dstCapacity, const void* src, size_t srcSize);
 unsigned ZSTD_isError(size_t code);
@@ -33,6 +34,7 @@ unsigned ZSTD_isError(size_t code);
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -73,23 +75,32 @@ func newPool[T any]() chan T {
 	return c
 }
 
+// newCCtx makes a compression context at level that looks for matches of
+// at least minMatch bytes (0: the level's own).
+func newCCtx(level, minMatch int) (*C.ZSTD_CCtx, error) {
+	c := C.ZSTD_createCCtx()
+	if c == nil {
+		return nil, errors.New("zstd: out of memory")
+	}
+	for _, p := range [][2]C.int{{cLevel, C.int(level)}, {cMinMatch, C.int(minMatch)}} {
+		if r := C.ZSTD_CCtx_setParameter(c, p[0], p[1]); C.ZSTD_isError(r) != 0 {
+			C.ZSTD_freeCCtx(c)
+			return nil, fmt.Errorf("zstd: parameter %d: error %d", p[0], r)
+		}
+	}
+	return c, nil
+}
+
 // takeCCtx waits for a free compression context; the caller puts it back.
 func takeCCtx() (*C.ZSTD_CCtx, error) {
 	if c := <-cctxs; c != nil {
 		return c, nil
 	}
-	c := C.ZSTD_createCCtx()
-	if c == nil {
+	c, err := newCCtx(autoLevel, autoMinMatch)
+	if err != nil {
 		cctxs <- nil
-		return nil, fmt.Errorf("zstd: out of memory")
 	}
-	for _, p := range [][2]C.int{{cLevel, autoLevel}, {cMinMatch, autoMinMatch}} {
-		if r := C.ZSTD_CCtx_setParameter(c, p[0], p[1]); C.ZSTD_isError(r) != 0 {
-			cctxs <- c
-			return nil, fmt.Errorf("zstd: parameter %d: error %d", p[0], r)
-		}
-	}
-	return c, nil
+	return c, err
 }
 
 // compressAuto appends the zstd frame of src to dst; false if the library
@@ -103,6 +114,12 @@ func compressAuto(dst, src []byte) ([]byte, bool) {
 		return dst, false
 	}
 	defer func() { cctxs <- c }()
+	return compress2(c, dst, src)
+}
+
+// compress2 appends the frame of src made with c to dst; false if the
+// library failed.
+func compress2(c *C.ZSTD_CCtx, dst, src []byte) ([]byte, bool) {
 	dst = slices.Grow(dst, zstd.CompressBound(len(src)))
 	free := dst[len(dst):cap(dst)]
 	n := C.ZSTD_compress2(c, unsafe.Pointer(unsafe.SliceData(free)), C.size_t(len(free)),
@@ -111,6 +128,18 @@ func compressAuto(dst, src []byte) ([]byte, bool) {
 		return dst, false
 	}
 	return dst[:len(dst)+int(n)], true
+}
+
+// ZstdEncoder compresses with libzstd at level, looking for matches of at
+// least minMatch bytes (0: the level's own), for comparing settings
+// (scripts/zstdlevels). The function appends to dst and is not safe for
+// concurrent use.
+func ZstdEncoder(level, minMatch int) (func(dst, src []byte) ([]byte, bool), error) {
+	c, err := newCCtx(level, minMatch)
+	if err != nil {
+		return nil, err
+	}
+	return func(dst, src []byte) ([]byte, bool) { return compress2(c, dst, src) }, nil
 }
 
 // decompressSized decodes a frame that states its content size straight into

@@ -5,20 +5,6 @@
 // time of one thread and the bytes stored. Usage: go run ./scripts/zstdlevels DIR
 package main
 
-// Parameters beyond the level go through the library's parameter API, which
-// github.com/DataDog/zstd (whose copy of the library this links to) does not
-// wrap: the few functions needed are declared here, as in repo.
-
-/*
-#include <stddef.h>
-typedef struct ZSTD_CCtx_s ZSTD_CCtx;
-ZSTD_CCtx* ZSTD_createCCtx(void);
-size_t ZSTD_CCtx_setParameter(ZSTD_CCtx* cctx, int param, int value);
-size_t ZSTD_compress2(ZSTD_CCtx* cctx, void* dst, size_t dstCapacity, const void* src, size_t srcSize);
-unsigned ZSTD_isError(size_t code);
-*/
-import "C"
-
 import (
 	"errors"
 	"fmt"
@@ -28,7 +14,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"time"
-	"unsafe"
 
 	ddzstd "github.com/DataDog/zstd"
 	"github.com/klauspost/compress/zstd"
@@ -75,20 +60,16 @@ func main() {
 		}
 	}
 	cParams := func(level, minMatch int) func(dst, src []byte) []byte {
-		c := C.ZSTD_createCCtx()
-		for _, p := range [][2]C.int{{100, C.int(level)}, {105, C.int(minMatch)}} { // ZSTD_c_compressionLevel, ZSTD_c_minMatch
-			if r := C.ZSTD_CCtx_setParameter(c, p[0], p[1]); C.ZSTD_isError(r) != 0 {
-				panic(fmt.Sprintf("zstd parameter %d", p[0]))
-			}
+		enc, err := repo.ZstdEncoder(level, minMatch)
+		if err != nil {
+			panic(err)
 		}
 		return func(dst, src []byte) []byte {
-			dst = dst[:cap(dst)]
-			n := C.ZSTD_compress2(c, unsafe.Pointer(unsafe.SliceData(dst)), C.size_t(len(dst)),
-				unsafe.Pointer(unsafe.SliceData(src)), C.size_t(len(src)))
-			if C.ZSTD_isError(n) != 0 {
+			out, ok := enc(dst[:0], src)
+			if !ok {
 				panic("zstd: compress")
 			}
-			return dst[:n]
+			return out
 		}
 	}
 	encoders := []encoder{
