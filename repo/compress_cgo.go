@@ -45,7 +45,7 @@ import (
 
 // With cgo, auto compression is the reference zstd library at its default
 // level 3 with matches of at least 6 bytes rather than 5: on the benchmark's
-// tree that stores less than level 3 itself for about 9% less CPU, and less
+// tree that stores less than level 3 itself at about its CPU, and less
 // than the pure-Go encoder's default for about 60% of its CPU
 // (docs/benchmarks.md); compression is most of a first backup's CPU. The
 // frames are plain zstd, read by either build.
