@@ -567,7 +567,7 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 		n.Xattrs = prev.Xattrs
 	} else if n.Type != TypeFile && n.Type != TypeDir {
 		// Files and directories are opened anyway: theirs are read
-		// through the descriptor (xattrsFd), without another path walk.
+		// through the descriptor (readXattrsFd), without another path walk.
 		if n.Xattrs, err = readXattrs(dirfd, name); err != nil {
 			a.report(path, err) // the entry itself is kept
 		}
