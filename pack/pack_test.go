@@ -66,6 +66,17 @@ func buildPack(t testing.TB, key *crypto.Key, bt repo.BlobType, sizes []int) tes
 	if w.Count() != len(sizes) {
 		t.Fatalf("Count %d, want %d", w.Count(), len(sizes))
 	}
+	data, id, blobs := finishPack(t, key, w)
+	if id != repo.ID(crypto.Hash(data)) {
+		t.Fatalf("pack ID %s is not the hash of its %d bytes", id.Short(), len(data))
+	}
+	p.data, p.blobs = data, blobs
+	return p
+}
+
+// finishPack finishes w and returns the pack's bytes, ID and blobs.
+func finishPack(t testing.TB, key *crypto.Key, w *pack.Writer) ([]byte, repo.ID, []repo.PackedBlob) {
+	t.Helper()
 	f, err := w.Finish(key)
 	if err != nil {
 		t.Fatal(err)
@@ -75,11 +86,7 @@ func buildPack(t testing.TB, key *crypto.Key, bt repo.BlobType, sizes []int) tes
 	if _, err := f.Data.ReadAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if f.ID != repo.ID(crypto.Hash(data)) {
-		t.Fatalf("pack ID %s is not the hash of its %d bytes", f.ID.Short(), f.Size)
-	}
-	p.data, p.blobs = data, f.Blobs
-	return p
+	return data, f.ID, f.Blobs
 }
 
 func store(t testing.TB, be repo.Backend, data []byte) repo.ID {
@@ -466,16 +473,8 @@ func TestFileWriterWaysAgree(t *testing.T) {
 		for _, b := range blobs {
 			w.Add(b.id, b.sealed, b.n)
 		}
-		f, err := w.Finish(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		data := make([]byte, f.Size)
-		if _, err := f.Data.ReadAt(data, 0); err != nil {
-			t.Fatal(err)
-		}
-		return data, f.ID
+		data, id, _ := finishPack(t, key, w)
+		return data, id
 	}
 	want, _ := fill(pack.NewWriter(repo.DataBlob, nil))
 	var blobBytes int
