@@ -2,6 +2,7 @@ package index
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -248,7 +249,7 @@ func (c *cache) files() (map[repo.ID][]repo.ID, error) {
 
 // add stores entries as new segments and records files (index file ID ->
 // supersedes, already encoded) as merged, once all entries are durable.
-func (c *cache) add(entries []entry, files map[repo.ID][]byte) error {
+func (c *cache) add(ctx context.Context, entries []entry, files map[repo.ID][]byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	// Every commit that syncs the freelist writes all of it, and merges
@@ -261,7 +262,7 @@ func (c *cache) add(entries []entry, files map[repo.ID][]byte) error {
 	case c.nudge <- struct{}{}:
 	default:
 	}
-	err := c.addSegments(entries, files)
+	err := c.addSegments(ctx, entries, files)
 	c.writing.Add(-1)
 	c.dropMapped()
 	c.db.NoFreelistSync = false
@@ -272,7 +273,7 @@ func (c *cache) add(entries []entry, files map[repo.ID][]byte) error {
 }
 
 // addSegments is add, with writeMu held.
-func (c *cache) addSegments(entries []entry, files map[repo.ID][]byte) error {
+func (c *cache) addSegments(ctx context.Context, entries []entry, files map[repo.ID][]byte) error {
 	if len(entries) == 0 {
 		// Index files with no entries (only what they supersede) are
 		// recorded all the same, or every load would read them again.
@@ -294,7 +295,7 @@ func (c *cache) addSegments(entries []entry, files map[repo.ID][]byte) error {
 		if len(entries) == 0 {
 			done = files
 		}
-		s, err := c.writeSegment(func(yield func(entry) error) error {
+		s, err := c.writeSegment(ctx, func(yield func(entry) error) error {
 			for i, e := range part {
 				if i > 0 && part[i-1].k == e.k {
 					continue
@@ -315,7 +316,7 @@ func (c *cache) addSegments(entries []entry, files map[repo.ID][]byte) error {
 		// followed by a short one would otherwise never be merged, the
 		// segments would pile up, and the next short add would merge
 		// them all one by one, rewriting the index once per segment.
-		if err := c.compact(); err != nil {
+		if err := c.compact(ctx); err != nil {
 			return err
 		}
 	}
@@ -324,7 +325,7 @@ func (c *cache) addSegments(entries []entry, files map[repo.ID][]byte) error {
 
 // compact merges the newest segment into its older neighbour while that
 // neighbour is not much larger.
-func (c *cache) compact() error {
+func (c *cache) compact(ctx context.Context) error {
 	for {
 		c.mu.RLock()
 		n := len(c.segs)
@@ -336,7 +337,7 @@ func (c *cache) compact() error {
 		if n < 2 || older.count > mergeRatio*newer.count {
 			return nil
 		}
-		s, err := c.merge(older, newer)
+		s, err := c.merge(ctx, older, newer)
 		if err != nil {
 			return err
 		}
@@ -362,8 +363,8 @@ func (c *cache) compact() error {
 }
 
 // merge writes the union of a and b as one new segment.
-func (c *cache) merge(a, b *segment) (*segment, error) {
-	return c.writeSegment(func(yield func(entry) error) error {
+func (c *cache) merge(ctx context.Context, a, b *segment) (*segment, error) {
+	return c.writeSegment(ctx, func(yield func(entry) error) error {
 		// Cursors live in one read transaction per batch, so no transaction
 		// stays open long; each batch resumes after the last key it gave.
 		var last []byte
@@ -444,14 +445,18 @@ func seekAfter(c *bolt.Cursor, last []byte) ([]byte, []byte) {
 
 // writeSegment writes the entries gen yields, in increasing key order, as a
 // new segment in transactions of putBatch entries. The last transaction
-// stores the filter, which marks the segment complete, and records files; a
-// crash before it leaves a segment that the next load drops.
-func (c *cache) writeSegment(gen func(yield func(entry) error) error, sizeHint int, files map[repo.ID][]byte) (*segment, error) {
+// stores the filter, which marks the segment complete, and records files. It
+// stops between transactions once ctx is done: that, or a crash, leaves a
+// segment without a filter, which the next load drops.
+func (c *cache) writeSegment(ctx context.Context, gen func(yield func(entry) error) error, sizeHint int, files map[repo.ID][]byte) (*segment, error) {
 	s := &segment{filter: newBloom(sizeHint)}
 	binary.BigEndian.PutUint64(s.name[:], c.next)
 	c.next++
 	var batch []entry
 	flush := func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		err := c.db.Update(func(tx *bolt.Tx) error {
 			seg, err := tx.Bucket(bucketSegments).CreateBucketIfNotExists(s.name[:])
 			if err != nil {

@@ -2,7 +2,9 @@ package index
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -88,7 +90,7 @@ func TestCacheSegments(t *testing.T) {
 	c, path := newTestCache(t)
 	total := 0
 	for round, size := range []int{10, 500, 3, 7000, 20, 20, 20, 20, 1, 30000, 5, 100} {
-		if err := c.add(testEntries(total, total+size), map[repo.ID][]byte{{byte(round)}: nil}); err != nil {
+		if err := c.add(context.Background(), testEntries(total, total+size), map[repo.ID][]byte{{byte(round)}: nil}); err != nil {
 			t.Fatal(err)
 		}
 		total += size
@@ -123,7 +125,7 @@ func TestCacheSplitAdds(t *testing.T) {
 	c, path := newTestCache(t)
 	total := 0
 	for round := range 20 {
-		if err := c.add(testEntries(total, total+120), map[repo.ID][]byte{{byte(round)}: nil}); err != nil {
+		if err := c.add(context.Background(), testEntries(total, total+120), map[repo.ID][]byte{{byte(round)}: nil}); err != nil {
 			t.Fatal(err)
 		}
 		total += 120
@@ -155,7 +157,7 @@ func TestCacheSplitAdds(t *testing.T) {
 func TestCacheDuplicates(t *testing.T) {
 	c, _ := newTestCache(t)
 	for range 3 {
-		if err := c.add(testEntries(0, 100), nil); err != nil {
+		if err := c.add(context.Background(), testEntries(0, 100), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -169,7 +171,7 @@ func TestCacheDuplicates(t *testing.T) {
 // dropped on open, and the files it was for are not recorded as merged.
 func TestCacheUnfinishedSegment(t *testing.T) {
 	c, path := newTestCache(t)
-	if err := c.add(testEntries(0, 50), map[repo.ID][]byte{{1}: nil}); err != nil {
+	if err := c.add(context.Background(), testEntries(0, 50), map[repo.ID][]byte{{1}: nil}); err != nil {
 		t.Fatal(err)
 	}
 	c.close()
@@ -241,7 +243,7 @@ func TestCacheOldLayout(t *testing.T) {
 // adds and merges replace segments under them.
 func TestCacheLookupsDuringMerges(t *testing.T) {
 	c, _ := newTestCache(t)
-	if err := c.add(testEntries(0, 1000), nil); err != nil {
+	if err := c.add(context.Background(), testEntries(0, 1000), nil); err != nil {
 		t.Fatal(err)
 	}
 	var stop atomic.Bool
@@ -259,7 +261,7 @@ func TestCacheLookupsDuringMerges(t *testing.T) {
 		}()
 	}
 	for from := 1000; from < 20000; from += 1000 {
-		if err := c.add(testEntries(from, from+1000), nil); err != nil {
+		if err := c.add(context.Background(), testEntries(from, from+1000), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -282,8 +284,51 @@ func TestCacheDamaged(t *testing.T) {
 		t.Fatalf("damaged cache not replaced: %v", err)
 	}
 	defer c.close()
-	if err := c.add(testEntries(0, 10), nil); err != nil {
+	if err := c.add(context.Background(), testEntries(0, 10), nil); err != nil {
 		t.Fatal(err)
 	}
 	checkCache(t, c, 10, 10, 20)
+}
+
+// stopAfter is a context that reports itself cancelled after n checks.
+type stopAfter struct {
+	context.Context
+	n atomic.Int32
+}
+
+func (s *stopAfter) Err() error {
+	if s.n.Add(-1) < 0 {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestCacheAddStops: an add that is cancelled stops between transactions
+// (a long merge need not run to its end) and leaves a cache that opens and
+// takes the same entries again.
+func TestCacheAddStops(t *testing.T) {
+	c, path := newTestCache(t)
+	const n = 3*putBatch + 10
+	ctx := &stopAfter{Context: context.Background()}
+	ctx.n.Store(2)
+	if err := c.add(ctx, testEntries(0, n), map[repo.ID][]byte{{1}: nil}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled add: %v", err)
+	}
+	c.close()
+	c, err := openCache(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	files, err := c.files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 0 {
+		t.Fatalf("a cancelled add recorded %d files as merged", len(files))
+	}
+	if err := c.add(context.Background(), testEntries(0, n), map[repo.ID][]byte{{1}: nil}); err != nil {
+		t.Fatal(err)
+	}
+	checkCache(t, c, n, n, n+100)
 }

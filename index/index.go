@@ -159,7 +159,7 @@ func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) e
 		// need the memory.
 		b, done := batch, files
 		batch, files = nil, map[repo.ID][]byte{}
-		if err := idx.db.add(b, done); err != nil {
+		if err := idx.db.add(ctx, b, done); err != nil {
 			return fmt.Errorf("update index cache: %w", err)
 		}
 		idx.mu.Lock()
@@ -336,7 +336,7 @@ func (idx *Index) Flush(ctx context.Context, r *repo.Repo) error {
 	}
 	if idx.db == nil {
 		idx.mergeMem(id, f)
-	} else if err := idx.db.add(appendEntries(nil, f), map[repo.ID][]byte{id: joinIDs(f.Supersedes)}); err != nil {
+	} else if err := idx.db.add(ctx, appendEntries(nil, f), map[repo.ID][]byte{id: joinIDs(f.Supersedes)}); err != nil {
 		return fmt.Errorf("update index cache: %w", err)
 	} else {
 		idx.mu.Lock()
