@@ -69,12 +69,17 @@ func Encode(dst, data []byte, mode Compression) []byte {
 	if len(data) >= 4*sampleSize && !worthCompressing(data) {
 		return append(append(dst[:off], encRaw), data...)
 	}
-	// auto: keep it compressed only if that saves at least 1/32.
 	dst, ok := compressAuto(dst, data)
-	if !ok || len(dst)-off-1 > len(data)-len(data)/32 {
+	if !ok || !savesEnough(len(data), len(dst)-off-1) {
 		return append(append(dst[:off], encRaw), data...)
 	}
 	return dst
+}
+
+// savesEnough reports whether n bytes compressed to stored are worth
+// keeping compressed in auto: a saving of at least 1/32.
+func savesEnough(n, stored int) bool {
+	return stored <= n-n/32
 }
 
 // sampleSize is the size of each probe of worthCompressing.
@@ -104,7 +109,7 @@ func worthCompressing(data []byte) bool {
 		if *bp, ok = compressAuto((*bp)[:0], probe); !ok {
 			return false
 		}
-		if len(*bp) <= len(probe)-len(probe)/32 {
+		if savesEnough(len(probe), len(*bp)) {
 			return true
 		}
 	}
