@@ -15,7 +15,6 @@ import (
 
 	"github.com/cairn-backup/cairn/crypto"
 	"github.com/cairn-backup/cairn/repo"
-	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,7 +35,6 @@ type Writer struct {
 	buf   []byte // memory: the pack so far
 	file  *os.File
 	out   *fileOut
-	hash  *blake3.Hasher
 	size  int
 	blobs []repo.PackedBlob
 	err   error // the first write error of a file Writer
@@ -56,7 +54,7 @@ func NewFileWriter(t repo.BlobType, dir string, direct bool) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("temporary pack file: %w", err)
 	}
-	return &Writer{Type: t, file: f, out: newFileOut(f, direct), hash: crypto.NewHasher()}, nil
+	return &Writer{Type: t, file: f, out: newFileOut(f, direct)}, nil
 }
 
 // openTemp opens a file in dir that has no name, so nothing is left behind
@@ -96,7 +94,6 @@ func (w *Writer) write(b []byte) {
 		w.buf = append(w.buf, b...)
 		return
 	}
-	_, _ = w.hash.Write(b)
 	if w.err == nil {
 		w.err = w.out.write(b)
 	}
@@ -161,15 +158,14 @@ func (w *Writer) Finish(key *crypto.Key) (*Finished, error) {
 	if w.file == nil {
 		return &Finished{ID: repo.ID(crypto.Hash(w.buf)), Size: size, Data: bytes.NewReader(w.buf), Blobs: w.blobs}, nil
 	}
+	var id repo.ID
 	if w.err == nil {
-		w.err = w.out.flush()
+		id, w.err = w.out.flush()
 	}
 	if w.err != nil {
 		w.Discard()
 		return nil, fmt.Errorf("write temporary pack file: %w", w.err)
 	}
-	var id repo.ID
-	w.hash.Sum(id[:0])
 	return &Finished{ID: id, Size: size, Data: w.file, Blobs: w.blobs, file: w.file}, nil
 }
 
