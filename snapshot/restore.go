@@ -88,6 +88,7 @@ type restorer struct {
 	bytes    atomic.Int64
 	files    atomic.Int64
 	target   int
+	prealloc bool // reserve the blocks of files of several blobs (preallocates)
 }
 
 // Restore writes the snapshot's tree under opts.Target. It never writes
@@ -122,6 +123,7 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 		return RestoreStats{}, fmt.Errorf("open target %s: %w", opts.Target, err)
 	}
 	defer unix.Close(r.target)
+	r.prealloc = preallocates(r.target)
 
 	start := time.Now()
 	stopProgress := r.startProgress(start)
@@ -631,6 +633,9 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 		if failed[i] == nil && uint64(off) != job.node.Size {
 			failed[i] = fmt.Errorf("content is %d bytes, the snapshot says %d", off, job.node.Size)
 		}
+		if failed[i] == nil && r.prealloc && len(job.node.Content) > 1 && !job.node.Sparse {
+			failed[i] = preallocate(job.fd, int64(job.node.Size))
+		}
 	}
 	slices.SortFunc(needs, func(a, b need) int {
 		if c := bytes.Compare(a.blob.Pack[:], b.blob.Pack[:]); c != 0 {
@@ -720,8 +725,11 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 // finishFile sets a written file's length and metadata, after verifying its
 // content when asked.
 func (r *restorer) finishFile(job restoreJob, lengths []int) error {
-	if err := unix.Ftruncate(job.fd, int64(job.node.Size)); err != nil {
-		return fmt.Errorf("truncate: %w", err)
+	// Only a hole at the end leaves a new file short of its size.
+	if job.node.Sparse {
+		if err := unix.Ftruncate(job.fd, int64(job.node.Size)); err != nil {
+			return fmt.Errorf("truncate: %w", err)
+		}
 	}
 	if r.opts.Verify {
 		if err := r.verify(job, lengths); err != nil {
@@ -731,6 +739,28 @@ func (r *restorer) finishFile(job restoreJob, lengths []int) error {
 	// Through the descriptor, not the name: a chmod by name would follow a
 	// symlink put there since the file was created.
 	return applyMetaFd(job.fd, job.node)
+}
+
+// preallocates reports whether files restored into dir get their blocks
+// reserved before their content is written: a file of several blobs is
+// written out of order, from several packs, and a disk file system given its
+// size at once lays it out in one piece and runs out of space before
+// writing it, not halfway through. On tmpfs reserving only zeroes pages the
+// writes fill anyway.
+func preallocates(dir int) bool {
+	var st unix.Statfs_t
+	return unix.Fstatfs(dir, &st) == nil && st.Type != unix.TMPFS_MAGIC
+}
+
+// preallocate reserves size bytes for a new file; a file system that cannot
+// is written as it is.
+func preallocate(fd int, size int64) error {
+	err := unix.Fallocate(fd, 0, 0, size)
+	switch {
+	case err == nil, errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EINTR):
+		return nil
+	}
+	return fmt.Errorf("preallocate %d bytes: %w", size, err)
 }
 
 const blockSize = 4096

@@ -103,3 +103,43 @@ func TestMetaNeverFollowsReplacedName(t *testing.T) {
 		t.Errorf("the symlink's target changed mode to %v", fi.Mode())
 	}
 }
+
+// A file of several blobs gets its whole size reserved before any content
+// is written, on a disk file system; on tmpfs nothing is reserved up front.
+func TestPreallocateReservesTheFile(t *testing.T) {
+	for _, dir := range []string{t.TempDir(), "/dev/shm"} {
+		dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			continue // no /dev/shm here
+		}
+		var st unix.Statfs_t
+		if err := unix.Fstatfs(dfd, &st); err != nil {
+			t.Fatal(err)
+		}
+		got := preallocates(dfd)
+		unix.Close(dfd)
+		if tmpfs := st.Type == unix.TMPFS_MAGIC; got == tmpfs {
+			t.Errorf("%s (tmpfs %v): preallocates = %v", dir, tmpfs, got)
+		}
+	}
+
+	f, err := os.Create(filepath.Join(t.TempDir(), "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const size = 3<<20 + 123
+	if err := preallocate(int(f.Fd()), size); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != size {
+		t.Errorf("size %d after preallocating, want %d", st.Size, size)
+	}
+	if st.Blocks*512 < size && preallocates(int(f.Fd())) {
+		t.Errorf("%d bytes reserved, want at least %d", st.Blocks*512, size)
+	}
+}
