@@ -62,6 +62,9 @@ type dirState struct {
 	node   *Node // nil for the target itself
 	path   string
 	fd     int // -1 until opened
+	// fresh: made by this restore, so no name in it is taken (nothing to
+	// look up before creating one)
+	fresh bool
 }
 
 type restoreJob struct {
@@ -317,7 +320,12 @@ func (r *restorer) open(d *dirState) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	st, err := lstatAt(pfd, d.name)
+	// In a directory this restore made, the name is free.
+	var st unix.Stat_t
+	err = unix.ENOENT
+	if !d.parent.fresh {
+		st, err = lstatAt(pfd, d.name)
+	}
 	switch {
 	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
 		// An existing directory is reused whatever the policy.
@@ -329,9 +337,11 @@ func (r *restorer) open(d *dirState) (int, error) {
 		}
 		fallthrough
 	default:
-		if err := unix.Mkdirat(pfd, d.name, 0o700); err != nil && err != unix.EEXIST {
+		err := unix.Mkdirat(pfd, d.name, 0o700)
+		if err != nil && err != unix.EEXIST {
 			return -1, fmt.Errorf("mkdir: %w", err)
 		}
+		d.fresh = err == nil
 		r.count(func(s *RestoreStats) { s.Dirs++ })
 	}
 	// O_NOFOLLOW: a symlink planted where a directory belongs is refused, so
@@ -438,9 +448,12 @@ func (r *restorer) prepare(dfd int, name string, n *Node) (bool, error) {
 
 func (r *restorer) restoreEntry(ctx context.Context, d *dirState, dfd int, path string, n *Node) error {
 	name := string(n.Name)
-	free, err := r.prepare(dfd, name, n)
-	if err != nil {
-		return err
+	free := true
+	if !d.fresh { // in a directory this restore made, the name is free
+		var err error
+		if free, err = r.prepare(dfd, name, n); err != nil {
+			return err
+		}
 	}
 	if !free {
 		r.count(func(s *RestoreStats) { s.Skipped++ })
