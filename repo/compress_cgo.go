@@ -57,10 +57,11 @@ const (
 	cMinMatch = 105 // ZSTD_c_minMatch
 )
 
-// Contexts, one per core, are made on first use and reused (setting up a
-// context's tables costs more than compressing a small file). Taking one
-// also caps (de)compressions at one per core, which is all the CPU there
-// is, and bounds the library's memory (a few MiB each, outside the Go heap).
+// Contexts, one per core (GOMAXPROCS as the program starts), are made on
+// first use and reused (setting up a context's tables costs more than
+// compressing a small file). Taking one also caps (de)compressions at one
+// per core, which is all the CPU there is, and bounds the library's memory
+// (a few MiB each, outside the Go heap).
 var (
 	cctxs = newPool[*C.ZSTD_CCtx]() // compression, parameters set
 	dctxs = newPool[zstd.Ctx]()     // decompression

@@ -131,6 +131,11 @@ type blobJob struct {
 	err  *atomic.Pointer[error]
 }
 
+// cores sizes the worker pools: GOMAXPROCS as the program starts, before
+// cmd/cairn adds a processor for workers blocked in the kernel, which would
+// only make more buffers in flight.
+var cores = runtime.GOMAXPROCS(0)
+
 type archiver struct {
 	store *pack.Store
 	opts  BackupOptions
@@ -164,7 +169,7 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 	start := time.Now()
 	a := &archiver{store: store, opts: opts, cfg: store.Repo().Config()}
 	if opts.ReadConcurrency <= 0 {
-		a.opts.ReadConcurrency = max(4, 2*runtime.GOMAXPROCS(0))
+		a.opts.ReadConcurrency = max(4, 2*cores)
 	}
 	for i, list := range [][]string{opts.Excludes, opts.IExcludes} {
 		p, err := ParsePatterns(list, i == 1)
@@ -274,7 +279,7 @@ func (a *archiver) run(ctx context.Context, start time.Time, parentTree *Tree) (
 
 	var rootTree *Tree
 	var paths []string
-	a.walkers = make(chan struct{}, min(8, 2*runtime.GOMAXPROCS(0)))
+	a.walkers = make(chan struct{}, min(8, 2*cores))
 	g.Go(func() error {
 		defer close(a.files)
 		defer a.walking.Wait() // no walker may send to a closed files
@@ -306,7 +311,7 @@ func (a *archiver) startWorkers(ctx context.Context, g *errgroup.Group, read fun
 		readers.Add(1)
 		g.Go(func() error { defer readers.Done(); return read(ctx) })
 	}
-	for range runtime.GOMAXPROCS(0) {
+	for range cores {
 		g.Go(func() error { return a.blobWorker(ctx) })
 	}
 	go func() { readers.Wait(); close(a.blobs) }()

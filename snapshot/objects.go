@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -100,7 +99,7 @@ func BackupObjects(ctx context.Context, store *pack.Store, opts BackupOptions, s
 	}
 	a.owner[0], a.owner[1] = lookupNames(a.uid, a.gid)
 	if opts.ReadConcurrency <= 0 {
-		a.opts.ReadConcurrency = max(8, 2*runtime.GOMAXPROCS(0))
+		a.opts.ReadConcurrency = max(8, 2*cores)
 	}
 	parentTree, before, err := a.prepare(ctx)
 	if err != nil {

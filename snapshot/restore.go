@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -108,7 +107,7 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 		return RestoreStats{}, fmt.Errorf("invalid --overwrite %q: want always, if-changed or never", opts.Overwrite)
 	}
 	if opts.Workers <= 0 {
-		opts.Workers = max(4, 2*runtime.GOMAXPROCS(0))
+		opts.Workers = max(4, 2*cores)
 	}
 	r := &restorer{store: store, opts: opts, links: map[[2]uint64]string{}}
 	var err error
