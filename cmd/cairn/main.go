@@ -35,8 +35,14 @@ const (
 
 func main() {
 	// The working set is bounded (packs and chunks in flight), so a soft limit
-	// keeps garbage from doubling the resident size.
+	// keeps garbage from doubling the resident size; below it, a collection
+	// once the heap has grown by half, not doubled, keeps a backup of a few
+	// large files or a restore a few MB leaner at no measurable CPU cost
+	// (the many-file backup runs at the limit anyway).
 	setMemoryLimit(80 << 20)
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
 	// One processor more than the cores the worker pools are sized by
 	// (snapshot and repo read GOMAXPROCS as the program starts): a worker
 	// blocked in the kernel (a read, a pack write, a page fault) keeps its
