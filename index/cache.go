@@ -109,7 +109,10 @@ func openCacheFile(path string) (*cache, error) {
 	// The freelist is kept synced (see add): without it, every open walks
 	// every page to find the free ones, which takes time and maps the
 	// whole file into the process, so that RSS would grow with the index.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	// Mapping 1 GiB from the start (address space, not memory) spares the
+	// remaps as the file grows: each copied every node of the open write
+	// transaction to the heap, 8% of what a first backup allocated.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, InitialMmapSize: 1 << 30})
 	if err != nil {
 		return nil, err
 	}
