@@ -77,13 +77,12 @@ func (o *fileOut) write(b []byte) error {
 			if err := o.wait(); err != nil {
 				return err
 			}
-			buf := o.buf
-			o.buf, o.n = outBufs.Get().(*[]byte), 0
-			o.done = make(chan error, 1)
+			buf, done := o.buf, make(chan error, 1)
+			o.buf, o.n, o.done = outBufs.Get().(*[]byte), 0, done
 			go func() {
 				err := o.writeOut(*buf)
 				outBufs.Put(buf)
-				o.done <- err
+				done <- err
 			}()
 		}
 	}
