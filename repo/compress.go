@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -66,7 +67,7 @@ func Encode(dst, data []byte, mode Compression) []byte {
 		zstdInit()
 		return encBest.EncodeAll(data, dst)
 	}
-	if len(data) >= 4*sampleSize && !worthCompressing(data) {
+	if small := len(data) < 4*sampleSize; small && compressedFormat(data) || !small && !worthCompressing(data) {
 		return append(append(dst[:off], encRaw), data...)
 	}
 	dst, ok := compressAuto(dst, data)
@@ -110,6 +111,31 @@ func worthCompressing(data []byte) bool {
 			return false
 		}
 		if savesEnough(len(probe), len(*bp)) {
+			return true
+		}
+	}
+	return false
+}
+
+// signatures open files of formats that are compressed already.
+var signatures = [][]byte{
+	{0x1f, 0x8b, 8}, // gzip (deflate)
+	{0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'},
+	{0xff, 0xd8, 0xff},                 // JPEG
+	{0xfd, '7', 'z', 'X', 'Z', 0},      // xz
+	{0x28, 0xb5, 0x2f, 0xfd},           // zstd
+	{'7', 'z', 0xbc, 0xaf, 0x27, 0x1c}, // 7-Zip
+}
+
+// compressedFormat reports whether data opens with the signature of a
+// compressed format. A blob too small to probe is compressed whole to learn
+// whether that pays, and many small files are compressed already (man
+// pages, icons): in the benchmark's tree 27,886 files under 64 KiB open with
+// one of these signatures, 279 of which would have shrunk by 1/32 (79 kB in
+// all), and compressing them all took ~0.4 of a first backup's ~15 CPU-s.
+func compressedFormat(data []byte) bool {
+	for _, sig := range signatures {
+		if bytes.HasPrefix(data, sig) {
 			return true
 		}
 	}

@@ -2,6 +2,7 @@ package repo_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -197,5 +198,32 @@ func TestDecodeForeignFrames(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestAutoTrustsSignatures: auto stores a small file of a compressed format
+// raw without trying, even one that would compress (gzip of stored blocks),
+// while max still compresses it and the same bytes without the signature
+// are compressed.
+func TestAutoTrustsSignatures(t *testing.T) {
+	text := []byte(strings.Repeat("a man page, gzipped without compression\n", 500))
+	var gz bytes.Buffer
+	w, _ := gzip.NewWriterLevel(&gz, gzip.NoCompression)
+	w.Write(text)
+	w.Close()
+	if enc := repo.Encode(nil, gz.Bytes(), repo.CompressAuto); enc[0] != 0 {
+		t.Errorf("auto compressed a small gzip file (%d to %d bytes)", gz.Len(), len(enc))
+	}
+	if enc := repo.Encode(nil, gz.Bytes(), repo.CompressMax); enc[0] != 1 {
+		t.Errorf("max stored a compressible gzip file raw")
+	}
+	plain := append([]byte{0x1f, 0x8c}, gz.Bytes()[2:]...)
+	if enc := repo.Encode(nil, plain, repo.CompressAuto); enc[0] != 1 {
+		t.Errorf("auto stored compressible data raw without a signature")
+	}
+	// Above the probes' size the content decides, not the first bytes.
+	big := append([]byte{0x1f, 0x8b, 8}, bytes.Repeat(text, 10)...)
+	if enc := repo.Encode(nil, big, repo.CompressAuto); enc[0] != 1 {
+		t.Errorf("auto stored %d compressible bytes raw for their first three", len(big))
 	}
 }
