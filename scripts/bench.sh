@@ -303,7 +303,7 @@ if len(peers) > 1:
     head += ["cairn/best peer, wall", "cairn/leanest peer, RSS"]
 if peers and ("cairn", "first") in med:
     lines += ["", "| step | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-for step in ("first", "unchanged", "night2", "restore", "shift1"):
+for step in ("first", "unchanged", "night2", "restore", "shift0", "shift1"):
     c = med.get(("cairn", step))
     ps = {p: med[p, step] for p in peers if (p, step) in med}
     if not c or not ps:

@@ -36,12 +36,13 @@ const (
 func main() {
 	// The working set is bounded (packs and chunks in flight), so a soft limit
 	// keeps garbage from doubling the resident size; below it, a collection
-	// once the heap has grown by half, not doubled, keeps a backup of a few
-	// large files or a restore a few MB leaner at no measurable CPU cost
-	// (the many-file backup runs at the limit anyway).
+	// once the heap has grown by 35%, not doubled, keeps a backup of a few
+	// large files lean (one 200 MiB file: 65.5 MiB median peak, against 76.4
+	// at 50% and 62.3 at 25%, which cost 20% more wall time) at no
+	// measurable CPU cost (the many-file backup runs at the limit anyway).
 	setMemoryLimit(80 << 20)
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
+		debug.SetGCPercent(35)
 	}
 	// One processor more than the cores the worker pools are sized by
 	// (snapshot and repo read GOMAXPROCS as the program starts): a worker
