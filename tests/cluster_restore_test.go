@@ -534,3 +534,72 @@ components:
 		t.Errorf("after --overwrite always: %v", got)
 	}
 }
+
+// statusComponents returns the components of run in e's repository, by
+// name, from status --json.
+func statusComponents(t *testing.T, e *Env, run string) map[string]map[string]any {
+	t.Helper()
+	var st struct {
+		Components []map[string]any `json:"components"`
+	}
+	r := e.Must("status", run, "--json")
+	if err := json.Unmarshal([]byte(r.Stdout), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r.Stdout)
+	}
+	out := map[string]map[string]any{}
+	for _, c := range st.Components {
+		out[fmt.Sprint(c["name"])] = c
+	}
+	return out
+}
+
+// TestClusterCopyRun: a run's snapshots copied to another repository bring
+// the run's records along, naming the copies, so that the run can be
+// restored there by its id; a component whose snapshot was not copied is
+// not claimed there, and copying again adds nothing.
+func TestClusterCopyRun(t *testing.T) {
+	t.Parallel()
+	e := NewRepo(t)
+	n := newNightly(t, e, "")
+	run1 := n.backup()
+	pwFile := writePassword(t, e.Dir, e.Password)
+	newDst := func() *Env {
+		dst := NewEnv(t)
+		dst.Password = "the offsite password"
+		dst.Must("init")
+		return dst
+	}
+
+	dst := newDst()
+	sum, copies := copyJSON(t, dst, "--from-repo", e.Repo, "--from-password-file", pwFile)
+	if intField(t, sum, "snapshots_copied") != 3 || intField(t, sum, "run_records_copied") == 0 {
+		t.Fatalf("copy of the run: %v", sum)
+	}
+	dir := filepath.Join(dst.Dir, "r1")
+	dst.Must("restore", run1, "--target", dir)
+	n.checkNight(dir, 1)
+	src := statusComponents(t, e, run1)
+	for name, c := range statusComponents(t, dst, run1) {
+		if c["phase"] != "completed" || c["snapshot_id"] != copies[fmt.Sprint(src[name]["snapshot_id"])] {
+			t.Errorf("component %s in the copy's run: %v; the source's snapshot %v was copied as %v",
+				name, c, src[name]["snapshot_id"], copies[fmt.Sprint(src[name]["snapshot_id"])])
+		}
+	}
+	sum, _ = copyJSON(t, dst, "--from-repo", e.Repo, "--from-password-file", pwFile)
+	if intField(t, sum, "snapshots_copied") != 0 || intField(t, sum, "run_records_copied") != 0 {
+		t.Errorf("a second copy added %v", sum)
+	}
+
+	// One component only: the others are not reported in that copy.
+	part := newDst()
+	copyJSON(t, part, "--from-repo", e.Repo, "--from-password-file", pwFile, "--component", "config")
+	comps := statusComponents(t, part, run1)
+	if comps["config"]["phase"] != "completed" || comps["data"]["phase"] == "completed" || comps["grid-caches"]["phase"] == "completed" {
+		t.Errorf("after copying only config, the run there has %v", comps)
+	}
+	dir = filepath.Join(part.Dir, "config-only")
+	part.Must("restore", run1, "--target", dir, "--component", "config")
+	if got := readRestored(t, filepath.Join(dir, "config", n.etc, "app.conf")); got != "listen 8080\n" {
+		t.Errorf("config restored from the partial copy: %q", got)
+	}
+}

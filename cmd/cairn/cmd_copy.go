@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cairn-backup/cairn/cluster"
 	"github.com/cairn-backup/cairn/index"
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
@@ -24,7 +25,8 @@ filters, into the repository given by --repo. A snapshot copied before (this
 repository has it, or a copy of it) is skipped. Only blobs this repository
 lacks are stored, encrypted with its key; the copies keep their time, host,
 paths, tags, cluster, component and run, and record the source snapshot's id
-as "original".
+as "original". The records of the copied snapshots' cluster runs are
+copied too, naming the copies, so that a run can be restored by its id here.
 
 The source repository's password comes from --from-password-file,
 --from-password-command or CAIRN_FROM_PASSWORD, else a prompt.`,
@@ -51,6 +53,7 @@ type copySummary struct {
 	DataAdded        int64   `json:"data_added"`
 	DataAddedPacked  int64   `json:"data_added_packed"`
 	DataRead         int64   `json:"data_read"` // plaintext of the data blobs read from the source
+	RunRecords       int     `json:"run_records_copied"`
 	DurationSeconds  float64 `json:"duration_seconds"`
 }
 
@@ -211,6 +214,27 @@ func (cp *copyRun) run(ctx context.Context, refs []string, f snapshot.Filter) er
 		}
 		cp.out.Printf("snapshot %s of %v at %s copied as %s\n", sn.ID.Short(), sn.Paths, localTime(sn.Time), copied.ID.Short())
 	}
+	// The chosen snapshots' runs follow them, so that a cluster run can be
+	// listed and restored by its id here too.
+	var runs []string
+	for _, sn := range chosen {
+		runs = append(runs, sn.Run)
+	}
+	copyOf := func(id string) (string, bool) {
+		sid, err := repo.ParseID(id)
+		if err != nil {
+			return "", false
+		}
+		if sn, ok := srcByID[sid]; ok {
+			if d, ok := present[snapshot.OriginalID(sn)]; ok {
+				return d.ID.String(), true
+			}
+		}
+		return "", false
+	}
+	if sum.RunRecords, err = cluster.CopyRuns(ctx, cp.src, cp.dst, runs, copyOf, warnUnreadableRun); err != nil {
+		return err
+	}
 	after := cp.dstStore.Stats()
 	sum.DataBlobs = after.Blobs[repo.DataBlob] - before.Blobs[repo.DataBlob]
 	sum.TreeBlobs = after.Blobs[repo.TreeBlob] - before.Blobs[repo.TreeBlob]
@@ -226,6 +250,9 @@ func (cp *copyRun) run(ctx context.Context, refs []string, f snapshot.Filter) er
 	cp.out.Printf("%d %s copied, %d already in the destination; %d data and %d tree blobs added (%s)\n",
 		sum.SnapshotsCopied, plural(sum.SnapshotsCopied, "snapshot", "snapshots"), sum.SnapshotsSkipped,
 		sum.DataBlobs, sum.TreeBlobs, formatBytes(sum.DataAddedPacked))
+	if sum.RunRecords > 0 {
+		cp.out.Printf("%d run %s copied\n", sum.RunRecords, plural(sum.RunRecords, "record", "records"))
+	}
 	return nil
 }
 
