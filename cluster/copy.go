@@ -36,9 +36,11 @@ func CopyRuns(ctx context.Context, src, dst *repo.Repo, runs []string, copyOf fu
 		return 0, err
 	}
 	have := map[string]bool{}
+	clusterThere := map[string]string{}
 	for _, fr := range there {
 		if want[fr.rec.Run] {
 			have[recordKey(fr.rec)] = true
+			clusterThere[fr.rec.Run] = fr.rec.Cluster
 		}
 	}
 	n := 0
@@ -46,6 +48,9 @@ func CopyRuns(ctx context.Context, src, dst *repo.Repo, runs []string, copyOf fu
 		rec := fr.rec
 		if !want[rec.Run] {
 			continue
+		}
+		if c, ok := clusterThere[rec.Run]; ok && c != rec.Cluster {
+			return n, fmt.Errorf("run %s of cluster %s is not copied: the destination has a run %s of cluster %s", rec.Run, rec.Cluster, rec.Run, c)
 		}
 		if rec.Event != nil && rec.Event.SnapshotID != "" {
 			id, ok := copyOf(rec.Event.SnapshotID)
