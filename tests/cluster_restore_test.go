@@ -535,24 +535,6 @@ components:
 	}
 }
 
-// statusComponents returns the components of run in e's repository, by
-// name, from status --json.
-func statusComponents(t *testing.T, e *Env, run string) map[string]map[string]any {
-	t.Helper()
-	var st struct {
-		Components []map[string]any `json:"components"`
-	}
-	r := e.Must("status", run, "--json")
-	if err := json.Unmarshal([]byte(r.Stdout), &st); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, r.Stdout)
-	}
-	out := map[string]map[string]any{}
-	for _, c := range st.Components {
-		out[fmt.Sprint(c["name"])] = c
-	}
-	return out
-}
-
 // TestClusterCopyRun: a run's snapshots copied to another repository bring
 // the run's records along, naming the copies, so that the run can be
 // restored there by its id; a component whose snapshot was not copied is
@@ -578,11 +560,15 @@ func TestClusterCopyRun(t *testing.T) {
 	dir := filepath.Join(dst.Dir, "r1")
 	dst.Must("restore", run1, "--target", dir)
 	n.checkNight(dir, 1)
-	src := statusComponents(t, e, run1)
-	for name, c := range statusComponents(t, dst, run1) {
-		if c["phase"] != "completed" || c["snapshot_id"] != copies[fmt.Sprint(src[name]["snapshot_id"])] {
-			t.Errorf("component %s in the copy's run: %v; the source's snapshot %v was copied as %v",
-				name, c, src[name]["snapshot_id"], copies[fmt.Sprint(src[name]["snapshot_id"])])
+	src, there := e.status(run1), dst.status(run1)
+	if len(src.Components) != 3 {
+		t.Fatalf("the run has %d components, want 3", len(src.Components))
+	}
+	for _, c := range src.Components {
+		d := there.Components[there.component(t, c.Name)]
+		if d.Phase != "completed" || d.SnapshotID == nil || *d.SnapshotID != copies[*c.SnapshotID] {
+			t.Errorf("component %s in the copy's run: %+v; the source's snapshot %s was copied as %s",
+				c.Name, d, *c.SnapshotID, copies[*c.SnapshotID])
 		}
 	}
 	sum, _ = copyJSON(t, dst, "--from-repo", e.Repo, "--from-password-file", pwFile)
@@ -593,9 +579,14 @@ func TestClusterCopyRun(t *testing.T) {
 	// One component only: the others are not reported in that copy.
 	part := newDst()
 	copyJSON(t, part, "--from-repo", e.Repo, "--from-password-file", pwFile, "--component", "config")
-	comps := statusComponents(t, part, run1)
-	if comps["config"]["phase"] != "completed" || comps["data"]["phase"] == "completed" || comps["grid-caches"]["phase"] == "completed" {
-		t.Errorf("after copying only config, the run there has %v", comps)
+	st := part.status(run1)
+	if len(st.Components) != 3 {
+		t.Errorf("the partial copy's run has %d components, want the 3 expected", len(st.Components))
+	}
+	for _, c := range st.Components {
+		if (c.Phase == "completed") != (c.Name == "config") {
+			t.Errorf("after copying only config, the run there has %s %s", c.Name, c.Phase)
+		}
 	}
 	dir = filepath.Join(part.Dir, "config-only")
 	part.Must("restore", run1, "--target", dir, "--component", "config")
