@@ -617,6 +617,16 @@ func (r *restorer) worker(ctx context.Context) error {
 	return nil
 }
 
+// room returns buf, or a new buffer if buf cannot hold n bytes: of spanMax
+// bytes at least, so that a worker's buffers are made once and not again for
+// every span or blob a little longer than the one before.
+func room(buf []byte, n int) []byte {
+	if cap(buf) >= n {
+		return buf
+	}
+	return make([]byte, 0, max(n, spanMax))
+}
+
 // writeBatch writes the content of a batch's files, reading the packs in
 // order, then finishes each file. Only a cancellation is returned; a file
 // that fails is reported and removed.
@@ -674,6 +684,7 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 			end = max(end, eEnd)
 		}
 		h := repo.Handle{Type: repo.PackFile, Name: first.Pack.String()}
+		span = room(span, int(end-start))
 		var err error
 		span, err = repo.ReadAt(ctx, be, h, start, int(end-start), span)
 		if err != nil {
@@ -696,6 +707,7 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 			if !haveLast || nd.blob.ID != last {
 				rel := int64(nd.blob.Offset) - start
 				var p []byte
+				plain = room(plain, int(nd.blob.RawLength))
 				if p, openErr = pack.OpenBlobInPlace(key, nd.blob, span[rel:rel+int64(nd.blob.Length)], plain); openErr == nil {
 					plain = p
 				}
