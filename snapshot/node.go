@@ -145,9 +145,11 @@ func (t *Tree) Encode() ([]byte, error) { return json.Marshal(t) }
 // name (a symlink, then a directory or file under that name) would let a
 // restore replace what it had just made.
 func DecodeTree(b []byte) (*Tree, error) {
-	var t Tree
-	if err := json.Unmarshal(b, &t); err != nil {
-		return nil, fmt.Errorf("decode tree: %w", err)
+	t, ok := decodeTreeFast(b)
+	if !ok {
+		if err := json.Unmarshal(b, &t); err != nil {
+			return nil, fmt.Errorf("decode tree: %w", err)
+		}
 	}
 	for i, n := range t.Nodes {
 		if n == nil {
