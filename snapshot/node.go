@@ -138,7 +138,12 @@ func (t *Tree) Find(name []byte) *Node {
 }
 
 // Encode returns the tree blob's plaintext.
-func (t *Tree) Encode() ([]byte, error) { return json.Marshal(t) }
+func (t *Tree) Encode() ([]byte, error) {
+	if b, ok := encodeTreeFast(t); ok {
+		return b, nil
+	}
+	return json.Marshal(t)
+}
 
 // DecodeTree parses a tree blob, rejecting names a restore could misuse.
 // Names must be sorted and unique, as stored: a second entry of the same

@@ -52,3 +52,18 @@ func BenchmarkDecodeTree(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkEncodeTree(b *testing.B) {
+	t := usrTree()
+	blob, err := t.Encode()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(blob)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := t.Encode(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -368,4 +369,129 @@ func (p *treeParser) xattr() (Xattr, bool) {
 		seen |= bit
 	}
 	return x, true
+}
+
+// encodeTreeFast returns the JSON of t byte for byte as encoding/json
+// writes it (a tree's ID is the hash of these bytes, so an unchanged
+// directory must encode the same way whichever path wrote it), without its
+// reflection: encoding changed directories' trees was 8% of a night-2
+// backup's CPU. It reports false for what it leaves to encoding/json:
+// strings that need escaping, names that are not UTF-8, times outside
+// RFC 3339's years (FuzzEncodeTreeFast).
+func encodeTreeFast(t *Tree) ([]byte, bool) {
+	if t.Nodes == nil {
+		return []byte(`{"nodes":null}`), true
+	}
+	b := make([]byte, 0, 64+400*len(t.Nodes))
+	b = append(b, `{"nodes":[`...)
+	for i, n := range t.Nodes {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var ok bool
+		if b, ok = appendNode(b, n); !ok {
+			return nil, false
+		}
+	}
+	return append(b, "]}"...), true
+}
+
+func appendNode(b []byte, n *Node) ([]byte, bool) {
+	if n == nil {
+		return append(b, "null"...), true
+	}
+	ok := true
+	str := func(key string, s []byte) {
+		b = append(b, key...)
+		if !plainString(s) {
+			ok = false
+		}
+		b = append(append(append(b, '"'), s...), '"')
+	}
+	num := func(key string, v uint64) {
+		b = strconv.AppendUint(append(b, key...), v, 10)
+	}
+	tm := func(key string, t time.Time) {
+		var err error
+		b, err = t.AppendText(append(b, key+`"`...))
+		b = append(b, '"')
+		ok = ok && err == nil
+	}
+	str(`{"name":`, n.Name)
+	str(`,"type":`, []byte(n.Type))
+	num(`,"mode":`, uint64(n.Mode))
+	num(`,"uid":`, uint64(n.UID))
+	num(`,"gid":`, uint64(n.GID))
+	if n.User != "" {
+		str(`,"user":`, []byte(n.User))
+	}
+	if n.Group != "" {
+		str(`,"group":`, []byte(n.Group))
+	}
+	if n.Size != 0 {
+		num(`,"size":`, n.Size)
+	}
+	tm(`,"mtime":`, n.ModTime)
+	tm(`,"atime":`, n.ATime)
+	tm(`,"ctime":`, n.CTime)
+	for _, f := range [...]struct {
+		key string
+		v   uint64
+	}{{`,"inode":`, n.Inode}, {`,"device_id":`, n.DeviceID}, {`,"links":`, n.Links}, {`,"rdev":`, n.Rdev}} {
+		if f.v != 0 {
+			num(f.key, f.v)
+		}
+	}
+	if len(n.Link) > 0 {
+		str(`,"link":`, n.Link)
+	}
+	if len(n.Content) > 0 {
+		b = append(b, `,"content":[`...)
+		for i, id := range n.Content {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(hex.AppendEncode(append(b, '"'), id[:]), '"')
+		}
+		b = append(b, ']')
+	}
+	if n.Subtree != nil {
+		b = append(hex.AppendEncode(append(b, `,"subtree":"`...), n.Subtree[:]), '"')
+	}
+	if len(n.Xattrs) > 0 {
+		b = append(b, `,"xattrs":[`...)
+		for i, x := range n.Xattrs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			str(`{"name":`, x.Name)
+			b = append(b, `,"value":`...)
+			if x.Value == nil {
+				b = append(b, "null}"...)
+			} else {
+				b = append(base64.StdEncoding.AppendEncode(append(b, '"'), x.Value), `"}`...)
+			}
+		}
+		b = append(b, ']')
+	}
+	if n.Sparse {
+		b = append(b, `,"sparse":true`...)
+	}
+	return append(b, '}'), ok
+}
+
+// plainString reports whether encoding/json writes s as it is between
+// quotes: valid UTF-8 without control characters, quotes, backslashes, the
+// characters it escapes for HTML (<, >, &) or U+2028 and U+2029.
+func plainString(s []byte) bool {
+	ascii := true
+	for _, c := range s {
+		switch {
+		case c < 0x20, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+	}
+	return ascii || utf8.Valid(s) && !bytes.Contains(s, []byte("\u2028")) && !bytes.Contains(s, []byte("\u2029"))
 }

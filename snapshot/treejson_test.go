@@ -131,3 +131,61 @@ func FuzzDecodeTreeFast(f *testing.F) {
 		}
 	})
 }
+
+func TestEncodeTreeFastWritesWhatEncodingJSONWrites(t *testing.T) {
+	for name, tree := range map[string]*Tree{"full": fullTree(), "empty": {}, "no nodes": {Nodes: []*Node{}}, "null node": {Nodes: []*Node{nil}}} {
+		fast, ok := encodeTreeFast(tree)
+		want, err := json.Marshal(tree)
+		if err != nil || !ok {
+			t.Fatalf("%s: fast path ok=%v, encoding/json error %v", name, ok, err)
+		}
+		if string(fast) != string(want) {
+			t.Errorf("%s: fast path wrote\n%s\nencoding/json\n%s", name, fast, want)
+		}
+	}
+	for _, n := range []*Node{{Name: Name("a<b")}, {Name: Name("a&b")}, {Name: Name("caf\xe9")}, {Name: Name("x"), User: "tab\t"}, {Name: Name("line\u2028sep")},
+		{Name: Name("y"), ModTime: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}} {
+		if b, ok := encodeTreeFast(&Tree{Nodes: []*Node{n}}); ok {
+			t.Errorf("%+v: the fast path wrote %s", n, b)
+		}
+		got, err := (&Tree{Nodes: []*Node{n}}).Encode()
+		want, werr := json.Marshal(&Tree{Nodes: []*Node{n}})
+		if string(got) != string(want) || (err != nil) != (werr != nil) {
+			t.Errorf("%+v: Encode gave %s, %v; encoding/json %s, %v", n, got, err, want, werr)
+		}
+	}
+}
+
+// Whatever the fast path writes, encoding/json writes byte for byte.
+func FuzzEncodeTreeFast(f *testing.F) {
+	f.Add("libc.so.6", "root", "usr/lib", "user.x", []byte{0, 1}, uint64(0o644), uint64(1<<40), int64(1_700_000_000), int64(123), 3600, true)
+	f.Add("", "", "", "", []byte(nil), uint64(0), uint64(0), int64(0), int64(0), 0, false)
+	f.Add("ünï", "é", "l", "x", []byte{}, uint64(1<<32-1), uint64(1<<64-1), int64(-62135596800), int64(999999999), -45*60, false)
+	// Each plain but for one string that encoding/json escapes.
+	for _, s := range []string{"a&b", "a<b", "a>b", `a"b`, `a\b`, "a\nb", "a\u2029b", "a\u2028b", "caf\xe9", "a\x7fb"} {
+		f.Add(s, "u", "l", "x", []byte{1}, uint64(0o640), uint64(9), int64(1_700_000_000), int64(5), 0, false)
+	}
+	f.Fuzz(func(t *testing.T, name, user, link, xname string, value []byte, mode, size uint64, sec, nsec int64, offset int, sparse bool) {
+		at := time.Unix(sec, nsec).In(time.FixedZone("", offset%(24*3600)))
+		var id repo.ID
+		id[3] = byte(size)
+		n := &Node{Name: Name(name), Type: user, Mode: uint32(mode), UID: uint32(mode >> 32), User: user, Group: link,
+			Size: size, ModTime: at, ATime: at.Add(time.Duration(nsec)), Inode: size >> 3, DeviceID: mode, Links: size & 7,
+			Rdev: mode & 1, Link: Name(link), Content: []repo.ID{id}, Xattrs: []Xattr{{Name: Name(xname), Value: value}}, Sparse: sparse}
+		if mode&2 != 0 {
+			n.Subtree, n.Content, n.Xattrs = &id, nil, nil
+		}
+		tree := &Tree{Nodes: []*Node{n, {Name: Name(user)}}}
+		fast, ok := encodeTreeFast(tree)
+		if !ok {
+			return
+		}
+		want, err := json.Marshal(tree)
+		if err != nil {
+			t.Fatalf("fast path wrote %s for a tree encoding/json rejects: %v", fast, err)
+		}
+		if string(fast) != string(want) {
+			t.Fatalf("fast path wrote\n%s\nencoding/json\n%s", fast, want)
+		}
+	})
+}
