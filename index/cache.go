@@ -89,7 +89,20 @@ type cache struct {
 	stopDrop chan struct{}
 	dropDone chan struct{}
 	stopOnce sync.Once
+
+	// Lookups keep their read transactions for the next lookup: beginning
+	// and ending one cost as much as the lookup itself. A transaction sees
+	// the file as it was when it began, and bbolt cannot grow its mapping
+	// while one is open, so update ends the kept ones before it writes and
+	// none is kept while a write runs or after one it overlapped (txGen).
+	txMu      sync.Mutex
+	txIdle    []*bolt.Tx
+	txGen     uint64 // writes ended
+	txWriters int    // writes running; above 0 for good once closed
 }
+
+// maxIdleTx bounds the kept read transactions: one per concurrent lookup.
+const maxIdleTx = 16
 
 func openCache(path string) (*cache, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -151,7 +164,7 @@ func (c *cache) dropLoop() {
 // load reads the segments' filters, dropping segments a crash left unfinished
 // and the whole content when it has another layout.
 func (c *cache) load() error {
-	return c.db.Update(func(tx *bolt.Tx) error {
+	return c.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil || !bytes.Equal(meta.Get(keyVersion), []byte{cacheVersion}) {
 			if err := resetBuckets(tx); err != nil {
@@ -218,7 +231,7 @@ func resetBuckets(tx *bolt.Tx) error {
 func (c *cache) reset() error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.update(func(tx *bolt.Tx) error {
 		if err := resetBuckets(tx); err != nil {
 			return err
 		}
@@ -235,7 +248,67 @@ func (c *cache) close() error {
 		close(c.stopDrop)
 		<-c.dropDone
 	})
+	c.txMu.Lock()
+	c.txWriters++ // nothing is kept from now on
+	c.txMu.Unlock()
+	c.endIdle()
 	return c.db.Close()
+}
+
+// update runs fn in a write transaction, with no kept read transaction
+// open (a remap would wait for it).
+func (c *cache) update(fn func(*bolt.Tx) error) error {
+	c.txMu.Lock()
+	c.txWriters++
+	c.txMu.Unlock()
+	c.endIdle()
+	err := c.db.Update(fn)
+	c.txMu.Lock()
+	c.txWriters--
+	c.txGen++
+	c.txMu.Unlock()
+	return err
+}
+
+// endIdle ends the kept read transactions.
+func (c *cache) endIdle() {
+	c.txMu.Lock()
+	idle := c.txIdle
+	c.txIdle = nil
+	c.txMu.Unlock()
+	for _, tx := range idle {
+		_ = tx.Rollback()
+	}
+}
+
+// readTx returns a read transaction, kept or new, and the count of writes
+// ended when it was taken.
+func (c *cache) readTx() (*bolt.Tx, uint64, error) {
+	c.txMu.Lock()
+	gen := c.txGen
+	if n := len(c.txIdle); n > 0 {
+		tx := c.txIdle[n-1]
+		c.txIdle = c.txIdle[:n-1]
+		c.txMu.Unlock()
+		return tx, gen, nil
+	}
+	c.txMu.Unlock()
+	tx, err := c.db.Begin(false)
+	return tx, gen, err
+}
+
+// doneTx keeps tx for another lookup if no write has run since it was
+// taken: it then sees everything committed.
+func (c *cache) doneTx(tx *bolt.Tx, gen uint64) {
+	c.txMu.Lock()
+	keep := gen == c.txGen && c.txWriters == 0 && len(c.txIdle) < maxIdleTx
+	if keep {
+		c.txIdle = append(c.txIdle, tx)
+	}
+	c.txMu.Unlock()
+	if !keep {
+		_ = tx.Rollback()
+	}
 }
 
 // files returns the merged index files and what each supersedes.
@@ -269,7 +342,7 @@ func (c *cache) add(ctx context.Context, entries []entry, files map[repo.ID][]by
 	c.writing.Add(-1)
 	c.dropMapped()
 	c.db.NoFreelistSync = false
-	if syncErr := c.db.Update(func(*bolt.Tx) error { return nil }); err == nil && syncErr != nil {
+	if syncErr := c.update(func(*bolt.Tx) error { return nil }); err == nil && syncErr != nil {
 		err = fmt.Errorf("sync index cache freelist: %w", syncErr)
 	}
 	return err
@@ -280,7 +353,7 @@ func (c *cache) addSegments(ctx context.Context, entries []entry, files map[repo
 	if len(entries) == 0 {
 		// Index files with no entries (only what they supersede) are
 		// recorded all the same, or every load would read them again.
-		err := c.db.Update(func(tx *bolt.Tx) error { return putFiles(tx, files) })
+		err := c.update(func(tx *bolt.Tx) error { return putFiles(tx, files) })
 		if err != nil {
 			return fmt.Errorf("write index cache files: %w", err)
 		}
@@ -350,7 +423,7 @@ func (c *cache) compact(ctx context.Context) error {
 		c.mu.Lock()
 		c.segs = append(c.segs[:n-2], s)
 		c.mu.Unlock()
-		err = c.db.Update(func(tx *bolt.Tx) error {
+		err = c.update(func(tx *bolt.Tx) error {
 			segs := tx.Bucket(bucketSegments)
 			for _, old := range []*segment{older, newer} {
 				if err := segs.DeleteBucket(old.name[:]); err != nil {
@@ -460,7 +533,7 @@ func (c *cache) writeSegment(ctx context.Context, gen func(yield func(entry) err
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := c.db.Update(func(tx *bolt.Tx) error {
+		err := c.update(func(tx *bolt.Tx) error {
 			seg, err := tx.Bucket(bucketSegments).CreateBucketIfNotExists(s.name[:])
 			if err != nil {
 				return err
@@ -494,7 +567,7 @@ func (c *cache) writeSegment(ctx context.Context, gen func(yield func(entry) err
 		err = flush()
 	}
 	if err == nil {
-		err = c.db.Update(func(tx *bolt.Tx) error {
+		err = c.update(func(tx *bolt.Tx) error {
 			segs := tx.Bucket(bucketSegments)
 			seg, err := segs.CreateBucketIfNotExists(s.name[:])
 			if err != nil {
@@ -529,10 +602,11 @@ func putFiles(tx *bolt.Tx, files map[repo.ID][]byte) error {
 	return nil
 }
 
-// get returns the stored location of k, newest segment first.
-func (c *cache) get(k key) ([]byte, bool) {
+// get appends the stored location of k to dst, newest segment first.
+func (c *cache) get(k key, dst []byte) ([]byte, bool) {
+	var buf [4]*segment
+	maybe := buf[:0]
 	c.mu.RLock()
-	var maybe []*segment
 	for i := len(c.segs) - 1; i >= 0; i-- {
 		if c.segs[i].filter.has(k) {
 			maybe = append(maybe, c.segs[i])
@@ -542,26 +616,29 @@ func (c *cache) get(k key) ([]byte, bool) {
 	if len(maybe) == 0 {
 		return nil, false
 	}
-	var out []byte
-	_ = c.db.View(func(tx *bolt.Tx) error {
-		segs := tx.Bucket(bucketSegments)
-		for _, s := range maybe {
-			seg := segs.Bucket(s.name[:])
-			if seg == nil {
-				continue // merged away since: a newer segment holds it
-			}
-			if v := seg.Bucket(keyBlobs).Get(k[:]); v != nil {
-				out = slices.Clone(v)
-				return nil
-			}
-		}
-		return nil
-	})
-	if out == nil && c.merged(maybe) {
-		// A merge replaced a segment between the two steps: ask again.
-		return c.get(k)
+	tx, gen, err := c.readTx()
+	if err != nil {
+		return nil, false
 	}
-	return out, out != nil
+	var out []byte
+	found := false
+	segs := tx.Bucket(bucketSegments)
+	for _, s := range maybe {
+		seg := segs.Bucket(s.name[:])
+		if seg == nil {
+			continue // merged away since: a newer segment holds it
+		}
+		if v := seg.Bucket(keyBlobs).Get(k[:]); v != nil {
+			out, found = append(dst, v...), true
+			break
+		}
+	}
+	c.doneTx(tx, gen)
+	if !found && c.merged(maybe) {
+		// A merge replaced a segment between the two steps: ask again.
+		return c.get(k, dst)
+	}
+	return out, found
 }
 
 // merged reports whether any of segs is no longer current.

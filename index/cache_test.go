@@ -47,13 +47,13 @@ func newTestCache(t *testing.T) (*cache, string) {
 func checkCache(t *testing.T, c *cache, present, absentFrom, absentTo int) {
 	t.Helper()
 	for i := range present {
-		v, ok := c.get(testKey(i))
+		v, ok := c.get(testKey(i), nil)
 		if !ok || !bytes.Equal(v, testValue(i)) {
 			t.Fatalf("entry %d: got %q, %v", i, v, ok)
 		}
 	}
 	for i := absentFrom; i < absentTo; i++ {
-		if v, ok := c.get(testKey(i)); ok {
+		if v, ok := c.get(testKey(i), nil); ok {
 			t.Fatalf("absent entry %d found: %q", i, v)
 		}
 	}
@@ -240,7 +240,8 @@ func TestCacheOldLayout(t *testing.T) {
 }
 
 // TestCacheLookupsDuringMerges: readers never miss a stored entry while
-// adds and merges replace segments under them.
+// adds and merges replace segments under them, and an entry is found as
+// soon as its add returns, though readers keep transactions begun earlier.
 func TestCacheLookupsDuringMerges(t *testing.T) {
 	c, _ := newTestCache(t)
 	if err := c.add(context.Background(), testEntries(0, 1000), nil); err != nil {
@@ -254,7 +255,7 @@ func TestCacheLookupsDuringMerges(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := g; !stop.Load(); i = (i + 7) % 1000 {
-				if _, ok := c.get(testKey(i)); !ok {
+				if _, ok := c.get(testKey(i), nil); !ok {
 					misses.Add(1)
 				}
 			}
@@ -263,6 +264,11 @@ func TestCacheLookupsDuringMerges(t *testing.T) {
 	for from := 1000; from < 20000; from += 1000 {
 		if err := c.add(context.Background(), testEntries(from, from+1000), nil); err != nil {
 			t.Fatal(err)
+		}
+		for i := from; i < from+1000; i += 7 {
+			if _, ok := c.get(testKey(i), nil); !ok {
+				t.Fatalf("entry %d not found right after its add", i)
+			}
 		}
 	}
 	stop.Store(true)
@@ -331,4 +337,23 @@ func TestCacheAddStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkCache(t, c, n, n, n+100)
+}
+
+// TestCacheKeepsNoStaleTransaction: a read transaction taken before a write
+// and handed back after it is ended, not kept for the next lookup, which
+// would not see the write.
+func TestCacheKeepsNoStaleTransaction(t *testing.T) {
+	c, _ := newTestCache(t)
+	if err := c.add(context.Background(), testEntries(0, 10), nil); err != nil {
+		t.Fatal(err)
+	}
+	tx, gen, err := c.readTx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.add(context.Background(), testEntries(10, 20), nil); err != nil {
+		t.Fatal(err)
+	}
+	c.doneTx(tx, gen)
+	checkCache(t, c, 20, 20, 30)
 }

@@ -282,7 +282,8 @@ func (idx *Index) Lookup(t repo.BlobType, id repo.ID) (repo.PackedBlob, bool) {
 	if ok || idx.db == nil {
 		return e, ok
 	}
-	if v, found := idx.db.get(k); found {
+	var buf [maxLoc]byte
+	if v, found := idx.db.get(k, buf[:0]); found {
 		e, ok = decodeLoc(k, v)
 	}
 	return e, ok
