@@ -269,7 +269,9 @@ type dirTemplate struct {
 }
 
 // get returns the template directory, creating it with create on the first
-// call. owner, if not nil, gets the directory before create runs.
+// call. owner, if not nil, gets the directory before create runs. A failed
+// create is tried once more in a new directory: mariadb-install-db has
+// failed once while every package's tests ran at the same time.
 func (tp *dirTemplate) get(name string, owner *syscall.Credential, create func(dir string) error) (string, error) {
 	tp.once.Do(func() {
 		// Nothing removes a template when the test process ends, so each
@@ -277,26 +279,35 @@ func (tp *dirTemplate) get(name string, owner *syscall.Credential, create func(d
 		// process id in the name tells whose it is.
 		prefix := "te-" + name + "-tmpl-"
 		removeStaleTemplates(prefix)
-		dir, err := os.MkdirTemp("", prefix+strconv.Itoa(os.Getpid())+"-")
-		if err != nil {
-			tp.err = err
-			return
-		}
-		if owner != nil {
-			if err := os.Chown(dir, int(owner.Uid), int(owner.Gid)); err != nil {
-				tp.err = err
-				os.RemoveAll(dir)
-				return
+		tp.dir, tp.err = makeTemplate(prefix, owner, create)
+		if tp.err != nil {
+			var err error
+			if tp.dir, err = makeTemplate(prefix, owner, create); err == nil {
+				tp.err = nil
+			} else {
+				tp.err = fmt.Errorf("%w; again: %v", tp.err, err)
 			}
 		}
-		if err := create(dir); err != nil {
-			tp.err = err
-			os.RemoveAll(dir)
-			return
-		}
-		tp.dir = dir
 	})
 	return tp.dir, tp.err
+}
+
+func makeTemplate(prefix string, owner *syscall.Credential, create func(dir string) error) (string, error) {
+	dir, err := os.MkdirTemp("", prefix+strconv.Itoa(os.Getpid())+"-")
+	if err != nil {
+		return "", err
+	}
+	if owner != nil {
+		if err := os.Chown(dir, int(owner.Uid), int(owner.Gid)); err != nil {
+			os.RemoveAll(dir)
+			return "", err
+		}
+	}
+	if err := create(dir); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
 }
 
 // removeStaleTemplates removes the template directories named prefix<pid>-…
