@@ -413,7 +413,7 @@ func appendNode(b []byte, n *Node) ([]byte, bool) {
 	}
 	tm := func(key string, t time.Time) {
 		var err error
-		b, err = t.AppendText(append(b, key+`"`...))
+		b, err = t.AppendText(append(append(b, key...), '"'))
 		b = append(b, '"')
 		ok = ok && err == nil
 	}
