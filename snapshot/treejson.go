@@ -27,19 +27,9 @@ func decodeTreeFast(b []byte) (Tree, bool) {
 		return Tree{}, false
 	}
 	if !p.null() {
-		if !p.eat('[') {
+		var ok bool
+		if t.Nodes, ok = array(&p, p.node); !ok {
 			return Tree{}, false
-		}
-		t.Nodes = []*Node{}
-		for first := true; !p.eat(']'); first = false {
-			if !first && !p.eat(',') {
-				return Tree{}, false
-			}
-			n, ok := p.node()
-			if !ok {
-				return Tree{}, false
-			}
-			t.Nodes = append(t.Nodes, n)
 		}
 	}
 	if !p.eat('}') {
@@ -181,21 +171,34 @@ func typeName(s []byte) string {
 	return string(s)
 }
 
-func (p *treeParser) node() (*Node, bool) {
+// object reads a JSON object, calling field with each key to read its
+// value. field returns the key's bit (0 for a key it does not know) and
+// whether the value was read; a key seen twice fails the object.
+func (p *treeParser) object(field func(key []byte) (uint32, bool)) bool {
 	if !p.eat('{') {
-		return nil, false
+		return false
 	}
-	n := &Node{}
 	var seen uint32
 	for first := true; !p.eat('}'); first = false {
 		if !first && !p.eat(',') {
-			return nil, false
+			return false
 		}
 		k, ok := p.key()
 		if !ok {
-			return nil, false
+			return false
 		}
-		var bit uint32
+		bit, ok := field(k)
+		if !ok || bit == 0 || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+	}
+	return true
+}
+
+func (p *treeParser) node() (*Node, bool) {
+	n := &Node{}
+	ok := p.object(func(k []byte) (bit uint32, ok bool) {
 		var v uint64
 		var s []byte
 		switch string(k) {
@@ -255,7 +258,7 @@ func (p *treeParser) node() (*Node, bool) {
 			n.Link, ok = p.name()
 		case "content":
 			bit = 1 << 16
-			n.Content, ok = p.content()
+			n.Content, ok = array(p, p.id)
 		case "subtree":
 			bit = 1 << 17
 			var id repo.ID
@@ -263,19 +266,14 @@ func (p *treeParser) node() (*Node, bool) {
 			n.Subtree = &id
 		case "xattrs":
 			bit = 1 << 18
-			n.Xattrs, ok = p.xattrs()
+			n.Xattrs, ok = array(p, p.xattr)
 		case "sparse":
 			bit = 1 << 19
 			n.Sparse, ok = p.boolean()
-		default:
-			return nil, false
 		}
-		if !ok || seen&bit != 0 {
-			return nil, false
-		}
-		seen |= bit
-	}
-	return n, true
+		return bit, ok
+	})
+	return n, ok
 }
 
 // timestamp reads a time through time.Time's own UnmarshalJSON, as
@@ -296,57 +294,29 @@ func (p *treeParser) boolean() (bool, bool) {
 	return false, false
 }
 
-func (p *treeParser) content() ([]repo.ID, bool) {
+// array reads a JSON array of what elem reads. An empty one is an empty
+// slice, not nil, as encoding/json makes it.
+func array[T any](p *treeParser, elem func() (T, bool)) ([]T, bool) {
 	if !p.eat('[') {
 		return nil, false
 	}
-	ids := make([]repo.ID, 0, 1)
+	out := make([]T, 0, 1)
 	for first := true; !p.eat(']'); first = false {
 		if !first && !p.eat(',') {
 			return nil, false
 		}
-		id, ok := p.id()
+		v, ok := elem()
 		if !ok {
 			return nil, false
 		}
-		ids = append(ids, id)
+		out = append(out, v)
 	}
-	return ids, true
-}
-
-func (p *treeParser) xattrs() ([]Xattr, bool) {
-	if !p.eat('[') {
-		return nil, false
-	}
-	xs := []Xattr{}
-	for first := true; !p.eat(']'); first = false {
-		if !first && !p.eat(',') {
-			return nil, false
-		}
-		x, ok := p.xattr()
-		if !ok {
-			return nil, false
-		}
-		xs = append(xs, x)
-	}
-	return xs, true
+	return out, true
 }
 
 func (p *treeParser) xattr() (Xattr, bool) {
 	var x Xattr
-	if !p.eat('{') {
-		return x, false
-	}
-	var seen uint32
-	for first := true; !p.eat('}'); first = false {
-		if !first && !p.eat(',') {
-			return x, false
-		}
-		k, ok := p.key()
-		if !ok {
-			return x, false
-		}
-		var bit uint32
+	ok := p.object(func(k []byte) (bit uint32, ok bool) {
 		switch string(k) {
 		case "name":
 			bit = 1
@@ -360,15 +330,10 @@ func (p *treeParser) xattr() (Xattr, bool) {
 				n, err := base64.StdEncoding.Decode(x.Value, s)
 				x.Value, ok = x.Value[:n], err == nil
 			}
-		default:
-			return x, false
 		}
-		if !ok || seen&bit != 0 {
-			return x, false
-		}
-		seen |= bit
-	}
-	return x, true
+		return bit, ok
+	})
+	return x, ok
 }
 
 // encodeTreeFast returns the JSON of t byte for byte as encoding/json
