@@ -26,7 +26,7 @@ func decodeTreeFast(b []byte) (Tree, bool) {
 	if k, ok := p.key(); !ok || string(k) != "nodes" {
 		return Tree{}, false
 	}
-	if !p.null() {
+	if !p.literal("null") {
 		var ok bool
 		if t.Nodes, ok = array(&p, p.node); !ok {
 			return Tree{}, false
@@ -67,10 +67,11 @@ func (p *treeParser) eat(c byte) bool {
 	return false
 }
 
-func (p *treeParser) null() bool {
+// literal consumes lit (null, true or false), after any white space.
+func (p *treeParser) literal(lit string) bool {
 	p.space()
-	if bytes.HasPrefix(p.b[p.i:], []byte("null")) {
-		p.i += 4
+	if bytes.HasPrefix(p.b[p.i:], []byte(lit)) {
+		p.i += len(lit)
 		return true
 	}
 	return false
@@ -284,14 +285,10 @@ func (p *treeParser) timestamp(t *time.Time) bool {
 }
 
 func (p *treeParser) boolean() (bool, bool) {
-	p.space()
-	for _, lit := range [...]string{"false", "true"} {
-		if bytes.HasPrefix(p.b[p.i:], []byte(lit)) {
-			p.i += len(lit)
-			return lit == "true", true
-		}
+	if p.literal("true") {
+		return true, true
 	}
-	return false, false
+	return false, p.literal("false")
 }
 
 // array reads a JSON array of what elem reads. An empty one is an empty
