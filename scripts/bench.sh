@@ -208,9 +208,15 @@ run_step() {
 	printf '  %-6s %-9s wall %7.2f s  rss %5d MiB  repo %6d MiB\n' "$tool" "$step" "$wall" $((rss / 1024)) $((size >> 20)) >&2
 }
 
+# read_once PATH...: reads every file under PATH into the page cache
+# (untimed), since proactive reclaim evicts files left idle.
+read_once() {
+	find "$@" -type f -print0 | xargs -0 cat >/dev/null
+}
+
 backup() { # backup TOOL STEP ROUND PATH
 	local tool=$1 step=$2 round=$3 path=$4
-	find "$path" -type f -print0 | xargs -0 cat >/dev/null
+	read_once "$path"
 	case $tool in
 	cairn) run_step "$tool" "$step" "$round" "$CAIRN" backup -q "$path" ;;
 	restic) run_step "$tool" "$step" "$round" restic backup -q "$path" ;;
@@ -223,7 +229,7 @@ restore() { # restore TOOL ROUND
 	rm -rf "$target" && mkdir -p "$target"
 	# As for backups, the input comes from the page cache: proactive reclaim
 	# may have evicted packs written a minute ago.
-	find "$work/$tool-repo" "$work/$tool-cache" -type f -print0 2>/dev/null | xargs -0 cat >/dev/null
+	read_once "$work/$tool-repo" "$work/$tool-cache" 2>/dev/null
 	case $tool in
 	cairn) run_step "$tool" restore "$round" "$CAIRN" restore latest --target "$target" -q ;;
 	restic) run_step "$tool" restore "$round" restic restore latest --target "$target" -q ;;
@@ -248,7 +254,7 @@ restore() { # restore TOOL ROUND
 copy_floor() {
 	local round=$1 target=$RESTORE_DIR
 	rm -rf "$target" && mkdir -p "$target"
-	find "$tree" -type f -print0 | xargs -0 cat >/dev/null
+	read_once "$tree"
 	run_step copy restore "$round" sh -c 'find "$1" -mindepth 1 -maxdepth 1 -print0 | xargs -0 -P "$2" -I{} cp -a {} "$3"/' \
 		sh "$tree" "$(nproc)" "$target"
 	rm -rf "$target"
