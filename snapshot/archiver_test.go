@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cairn-backup/cairn/crypto"
 	"github.com/cairn-backup/cairn/index"
@@ -205,5 +206,82 @@ func TestBackupStdin(t *testing.T) {
 	}
 	if !bytes.Equal(buf.Bytes(), data) {
 		t.Fatal("stdin content differs")
+	}
+}
+
+// A file larger than a restore batch is written in parts by several workers:
+// its content and metadata come out whole, and when a part fails the file is
+// removed, never left half written.
+func TestRestoreLargeFileInParts(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	src := t.TempDir()
+	big := make([]byte, 21<<20)
+	rand.New(rand.NewSource(2)).Read(big)
+	bigPath := filepath.Join(src, "dump.sql")
+	if err := os.WriteFile(bigPath, big, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(bigPath, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "small"), []byte("small"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dst := t.TempDir()
+	st, err := snapshot.Restore(ctx, store, sn, snapshot.RestoreOptions{Target: dst, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Files != 2 || st.Verified != 2 || st.Bytes != int64(len(big))+5 {
+		t.Fatalf("restore stats %+v", st)
+	}
+	got, err := os.ReadFile(filepath.Join(dst, bigPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, big) {
+		t.Fatal("the large file's restored content differs")
+	}
+	fi, err := os.Stat(filepath.Join(dst, bigPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o640 || !fi.ModTime().Equal(mtime) {
+		t.Fatalf("large file restored with mode %v mtime %v, want 0640 %v", fi.Mode().Perm(), fi.ModTime(), mtime)
+	}
+
+	// Without the pack of its last blob, the file fails and is removed; the
+	// other file is restored.
+	n, err := snapshot.FindNode(ctx, store, sn, bigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(n.Content) < 3 {
+		t.Fatalf("the large file has %d blobs; the test needs several parts", len(n.Content))
+	}
+	e, ok := store.Index().Lookup(repo.DataBlob, n.Content[len(n.Content)-1])
+	if !ok {
+		t.Fatal("last blob not in the index")
+	}
+	if err := store.Repo().Backend().Remove(ctx, repo.Handle{Type: repo.PackFile, Name: e.Pack.String()}); err != nil {
+		t.Fatal(err)
+	}
+	dst2 := t.TempDir()
+	st, err = snapshot.Restore(ctx, store, sn, snapshot.RestoreOptions{Target: dst2})
+	if !errors.Is(err, snapshot.ErrRestoreIncomplete) || st.Errors != 1 {
+		t.Fatalf("restore without a pack: err %v, stats %+v; want one failed entry", err, st)
+	}
+	if _, err := os.Lstat(filepath.Join(dst2, bigPath)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the failed large file was left behind (lstat: %v)", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dst2, src, "small")); err != nil || string(b) != "small" {
+		t.Fatalf("the other file: %q, %v", b, err)
 	}
 }

@@ -67,11 +67,49 @@ type dirState struct {
 }
 
 type restoreJob struct {
-	dirfd int // a duplicate, owned by the job
+	dirfd int // a duplicate, owned by the job; -1 in a part
 	name  string
 	fd    int
 	path  string
 	node  *Node
+	part  *filePart // nil: the whole file
+}
+
+// bigFile is a file larger than a batch, created by the walk and written in
+// parts by several workers at once: one worker alone would restore a large
+// database dump at the speed of one core. The last part to finish finishes
+// the file.
+type bigFile struct {
+	job     restoreJob // the whole file; its descriptors are shared by the parts
+	lengths []int      // the plaintext length of every blob of its content
+
+	mu   sync.Mutex
+	left int   // parts not done
+	err  error // the first part's failure
+}
+
+// filePart is the piece of a bigFile one job writes: n content blobs from
+// the first one on, at offset off of the file.
+type filePart struct {
+	file     *bigFile
+	first, n int
+	off      int64
+}
+
+// errAbandoned marks a bigFile of which a part will never be written (the
+// restore was cancelled): the file is removed without a report.
+var errAbandoned = errors.New("restore cancelled")
+
+// done counts n parts of f as done, with err the failure of any of them; it
+// reports whether they were the last and the file's first failure.
+func (f *bigFile) done(n int, err error) (last bool, first error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+	}
+	f.left -= n
+	return f.left == 0, f.err
 }
 
 type restorer struct {
@@ -469,6 +507,9 @@ func (r *restorer) restoreEntry(ctx context.Context, d *dirState, dfd int, path 
 			}
 			r.links[key] = strings.TrimPrefix(path, "/")
 		}
+		if n.Size > batchBytes && len(n.Content) > 1 {
+			return r.sendParts(ctx, dfd, name, path, n)
+		}
 		// Creating a file waits on the journal: the workers do it, in parallel.
 		dup, err := unix.Dup(dfd)
 		if err != nil {
@@ -542,6 +583,64 @@ const (
 	spanGap    = 64 << 10 // unneeded bytes worth reading through rather than seeking past
 )
 
+// sendParts creates a file larger than a batch and queues its content in
+// parts of about a batch each.
+func (r *restorer) sendParts(ctx context.Context, dfd int, name, path string, n *Node) error {
+	lengths := make([]int, len(n.Content))
+	var size int64
+	for i, id := range n.Content {
+		e, ok := r.store.Index().Lookup(repo.DataBlob, id)
+		if !ok {
+			return fmt.Errorf("data blob %s: %w", id.Short(), pack.ErrBlobNotFound)
+		}
+		lengths[i] = int(e.RawLength)
+		size += int64(e.RawLength)
+	}
+	if uint64(size) != n.Size {
+		return fmt.Errorf("content is %d bytes, the snapshot says %d", size, n.Size)
+	}
+	dup, err := unix.Dup(dfd)
+	if err != nil {
+		return err
+	}
+	fd, err := createAt(dup, name)
+	if err != nil {
+		unix.Close(dup)
+		return err
+	}
+	f := &bigFile{job: restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n}, lengths: lengths}
+	if r.prealloc && !n.Sparse {
+		if err := preallocate(fd, size); err != nil {
+			closeJobs([]restoreJob{f.job}, true)
+			return err
+		}
+	}
+	var parts []*filePart
+	for first, off := 0, int64(0); first < len(lengths); {
+		k, partSize := first, 0
+		for k < len(lengths) && (k == first || partSize+lengths[k] <= batchBytes) {
+			partSize += lengths[k]
+			k++
+		}
+		parts = append(parts, &filePart{file: f, first: first, n: k - first, off: off})
+		first, off = k, off+int64(partSize)
+	}
+	f.left = len(parts)
+	for i, p := range parts {
+		r.batch = append(r.batch, restoreJob{dirfd: -1, name: name, fd: fd, path: path, node: n, part: p})
+		r.batchBytes += batchBytes
+		if len(r.batch) >= batchFiles || r.batchBytes >= batchBytes {
+			if err := r.sendBatch(ctx); err != nil {
+				if last, _ := f.done(len(parts)-i-1, errAbandoned); last {
+					closeJobs([]restoreJob{f.job}, true)
+				}
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // sendBatch hands the files created so far to a worker.
 func (r *restorer) sendBatch(ctx context.Context) error {
 	if len(r.batch) == 0 {
@@ -565,9 +664,16 @@ func (r *restorer) dropBatch() {
 }
 
 // closeJobs releases the descriptors of jobs, removing the files they
-// created when remove is set.
+// created when remove is set. A part is abandoned: its file is removed once
+// no other part is in progress.
 func closeJobs(jobs []restoreJob, remove bool) {
 	for _, j := range jobs {
+		if j.part != nil {
+			if last, _ := j.part.file.done(1, errAbandoned); last {
+				closeJobs([]restoreJob{j.part.file.job}, true)
+			}
+			continue
+		}
 		if j.fd >= 0 {
 			if remove {
 				_ = unix.Unlinkat(j.dirfd, j.name, 0)
@@ -641,8 +747,11 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 				continue
 			}
 		}
-		var off int64
-		for _, id := range job.node.Content {
+		content, off := job.node.Content, int64(0)
+		if p := job.part; p != nil {
+			content, off = content[p.first:p.first+p.n], p.off
+		}
+		for _, id := range content {
 			e, ok := r.store.Index().Lookup(repo.DataBlob, id)
 			if !ok {
 				failed[i] = fmt.Errorf("data blob %s: %w", id.Short(), pack.ErrBlobNotFound)
@@ -651,6 +760,9 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 			needs = append(needs, need{blob: e, job: i, off: off})
 			lengths[i] = append(lengths[i], int(e.RawLength))
 			off += int64(e.RawLength)
+		}
+		if job.part != nil {
+			continue // sendParts checked the size and reserved the space
 		}
 		if failed[i] == nil && uint64(off) != job.node.Size {
 			failed[i] = fmt.Errorf("content is %d bytes, the snapshot says %d", off, job.node.Size)
@@ -727,23 +839,39 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 		i = j
 	}
 	for i, job := range batch {
-		err := failed[i]
-		if err == nil {
-			err = r.finishFile(job, lengths[i])
+		if job.part == nil {
+			r.finish(job, lengths[i], failed[i])
+			continue
 		}
-		if err != nil {
-			r.fail(job.path, err)
-		} else {
-			r.files.Add(1)
-			r.count(func(s *RestoreStats) {
-				s.Files++
-				s.Bytes += int64(job.node.Size)
-			})
+		f := job.part.file
+		if last, err := f.done(1, failed[i]); last {
+			if errors.Is(err, errAbandoned) {
+				closeJobs([]restoreJob{f.job}, true)
+			} else {
+				r.finish(f.job, f.lengths, err)
+			}
 		}
-		// Never leave a file with wrong or partial content behind.
-		closeJobs(batch[i:i+1], err != nil)
 	}
 	return span, plain, nil
+}
+
+// finish ends a file whose content was written, unless err says it failed:
+// it finishes the file, counts it and closes it, or reports and removes it.
+func (r *restorer) finish(job restoreJob, lengths []int, err error) {
+	if err == nil {
+		err = r.finishFile(job, lengths)
+	}
+	if err != nil {
+		r.fail(job.path, err)
+	} else {
+		r.files.Add(1)
+		r.count(func(s *RestoreStats) {
+			s.Files++
+			s.Bytes += int64(job.node.Size)
+		})
+	}
+	// Never leave a file with wrong or partial content behind.
+	closeJobs([]restoreJob{job}, err != nil)
 }
 
 // finishFile sets a written file's length and metadata, after verifying its
