@@ -626,16 +626,14 @@ func (r *restorer) sendParts(ctx context.Context, dfd int, name, path string, n 
 		first, off = k, off+int64(partSize)
 	}
 	f.left = len(parts)
+	// Each part ends a batch, so that the workers share the file.
 	for i, p := range parts {
 		r.batch = append(r.batch, restoreJob{dirfd: -1, name: name, fd: fd, path: path, node: n, part: p})
-		r.batchBytes += batchBytes
-		if len(r.batch) >= batchFiles || r.batchBytes >= batchBytes {
-			if err := r.sendBatch(ctx); err != nil {
-				if last, _ := f.done(len(parts)-i-1, errAbandoned); last {
-					closeJobs([]restoreJob{f.job}, true)
-				}
-				return err
+		if err := r.sendBatch(ctx); err != nil {
+			if last, _ := f.done(len(parts)-i-1, errAbandoned); last {
+				closeJobs([]restoreJob{f.job}, true)
 			}
+			return err
 		}
 	}
 	return nil
