@@ -8,20 +8,17 @@
 #   scripts/bench-snapshots.sh          # 1,000 snapshots
 #   SNAPSHOTS=200 scripts/bench-snapshots.sh
 #
-# Needs .cache/testbin/minio (make test builds it).
+# Needs .cache/testbin/minio (make test builds it); see scripts/minio.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SNAPSHOTS=${SNAPSHOTS:-1000}
 make --no-print-directory build >/dev/null
 CAIRN=$PWD/bin/cairn
 T=$(mktemp -d /tmp/snapb.XXXX)
-trap 'kill $MP 2>/dev/null; wait $MP 2>/dev/null; rm -rf $T' EXIT
-
-export MINIO_ROOT_USER=benchaccess MINIO_ROOT_PASSWORD=benchsecret123 MINIO_BROWSER=off MINIO_UPDATE=off
-.cache/testbin/minio server --quiet --address 127.0.0.1:19110 --console-address 127.0.0.1:19111 "$T/minio" >"$T/minio.log" 2>&1 &
-MP=$!
-until curl -sf http://127.0.0.1:19110/minio/health/ready >/dev/null; do sleep 0.2; done
-export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=benchsecret123 CAIRN_PASSWORD=bench-password
+minio_cleanup() { rm -rf "$T"; }
+source scripts/minio.sh
+minio_start "$T/minio"
+export CAIRN_PASSWORD=bench-password
 
 mkdir -p "$T/src/etc"
 for i in $(seq 1 20); do head -c 4096 /dev/urandom >"$T/src/etc/f$i"; done
@@ -38,7 +35,7 @@ timed() {
 }
 
 for kind in local s3; do
-	if [[ $kind == local ]]; then R=$T/repo; else R=s3:http://127.0.0.1:19110/snapbench; fi
+	if [[ $kind == local ]]; then R=$T/repo; else R=s3:$MINIO_URL/snapbench; fi
 	export CAIRN_REPOSITORY=$R CAIRN_CACHE_DIR=$T/cache-$kind
 	"$CAIRN" init -q
 	start=$(date +%s)
