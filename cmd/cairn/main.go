@@ -40,7 +40,10 @@ func main() {
 	// large files lean (one 200 MiB file: 65.5 MiB median peak, against 76.4
 	// at 50% and 62.3 at 25%, which cost 20% more wall time) at no
 	// measurable CPU cost (the many-file backup runs at the limit anyway).
-	setMemoryLimit(80 << 20)
+	// At 72 MiB rather than 80 a night's incremental backup peaks ~8 MiB
+	// lower and a first backup spends ~3% of its CPU collecting, not ~2%;
+	// at 64, ~4%.
+	setMemoryLimit(72 << 20)
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(35)
 	}
