@@ -112,6 +112,14 @@ func (f *bigFile) done(n int, err error) (last bool, first error) {
 	return f.left == 0, f.err
 }
 
+// abandon counts n parts of f as never to be written; the last part removes
+// the file.
+func (f *bigFile) abandon(n int) {
+	if last, _ := f.done(n, errAbandoned); last {
+		closeJobs([]restoreJob{f.job}, true)
+	}
+}
+
 type restorer struct {
 	store      *pack.Store
 	opts       RestoreOptions
@@ -630,9 +638,7 @@ func (r *restorer) sendParts(ctx context.Context, dfd int, name, path string, n 
 	for i, p := range parts {
 		r.batch = append(r.batch, restoreJob{dirfd: -1, name: name, fd: fd, path: path, node: n, part: p})
 		if err := r.sendBatch(ctx); err != nil {
-			if last, _ := f.done(len(parts)-i-1, errAbandoned); last {
-				closeJobs([]restoreJob{f.job}, true)
-			}
+			f.abandon(len(parts) - i - 1) // never queued
 			return err
 		}
 	}
@@ -667,9 +673,7 @@ func (r *restorer) dropBatch() {
 func closeJobs(jobs []restoreJob, remove bool) {
 	for _, j := range jobs {
 		if j.part != nil {
-			if last, _ := j.part.file.done(1, errAbandoned); last {
-				closeJobs([]restoreJob{j.part.file.job}, true)
-			}
+			j.part.file.abandon(1)
 			continue
 		}
 		if j.fd >= 0 {
