@@ -101,7 +101,8 @@ type filePart struct {
 var errAbandoned = errors.New("restore cancelled")
 
 // done counts n parts of f as done, with err the failure of any of them; it
-// reports whether they were the last and the file's first failure.
+// reports whether they were the last (so the caller, and only it, ends the
+// file) and the file's first failure.
 func (f *bigFile) done(n int, err error) (last bool, first error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -109,7 +110,7 @@ func (f *bigFile) done(n int, err error) (last bool, first error) {
 		f.err = err
 	}
 	f.left -= n
-	return f.left == 0, f.err
+	return n > 0 && f.left == 0, f.err
 }
 
 // abandon counts n parts of f as never to be written; the last part removes
