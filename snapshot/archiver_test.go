@@ -257,6 +257,21 @@ func TestRestoreLargeFileInParts(t *testing.T) {
 		t.Fatalf("large file restored with mode %v mtime %v, want 0640 %v", fi.Mode().Perm(), fi.ModTime(), mtime)
 	}
 
+	// Cancelled at any point, a restore leaves the file whole or not at all.
+	for _, d := range []time.Duration{0, time.Millisecond, 3 * time.Millisecond, 10 * time.Millisecond, 30 * time.Millisecond} {
+		cctx, cancel := context.WithTimeout(ctx, d)
+		dst := t.TempDir()
+		_, err := snapshot.Restore(cctx, store, sn, snapshot.RestoreOptions{Target: dst})
+		cancel()
+		got, rerr := os.ReadFile(filepath.Join(dst, bigPath))
+		switch {
+		case err == nil && !bytes.Equal(got, big):
+			t.Fatalf("cancelled after %v: restore succeeded but the large file differs (%v)", d, rerr)
+		case err != nil && !errors.Is(rerr, os.ErrNotExist):
+			t.Fatalf("cancelled after %v (%v): the large file was left behind (read: %v)", d, err, rerr)
+		}
+	}
+
 	// Without the pack of its last blob, the file fails and is removed; the
 	// other file is restored.
 	n, err := snapshot.FindNode(ctx, store, sn, bigPath)
