@@ -80,8 +80,8 @@ type restoreJob struct {
 // database dump at the speed of one core. The last part to finish finishes
 // the file.
 type bigFile struct {
-	job     restoreJob // the whole file; its descriptors are shared by the parts
-	lengths []int      // the plaintext length of every blob of its content
+	job   restoreJob        // the whole file; its descriptors are shared by the parts
+	blobs []repo.PackedBlob // its content, as the walk looked it up
 
 	mu   sync.Mutex
 	left int   // parts not done
@@ -595,18 +595,9 @@ const (
 // sendParts creates a file larger than a batch and queues its content in
 // parts of about a batch each.
 func (r *restorer) sendParts(ctx context.Context, dfd int, name, path string, n *Node) error {
-	lengths := make([]int, len(n.Content))
-	var size int64
-	for i, id := range n.Content {
-		e, ok := r.store.Index().Lookup(repo.DataBlob, id)
-		if !ok {
-			return fmt.Errorf("data blob %s: %w", id.Short(), pack.ErrBlobNotFound)
-		}
-		lengths[i] = int(e.RawLength)
-		size += int64(e.RawLength)
-	}
-	if uint64(size) != n.Size {
-		return fmt.Errorf("content is %d bytes, the snapshot says %d", size, n.Size)
+	blobs, err := r.lookup(n)
+	if err != nil {
+		return err
 	}
 	dup, err := unix.Dup(dfd)
 	if err != nil {
@@ -617,18 +608,18 @@ func (r *restorer) sendParts(ctx context.Context, dfd int, name, path string, n 
 		unix.Close(dup)
 		return err
 	}
-	f := &bigFile{job: restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n}, lengths: lengths}
+	f := &bigFile{job: restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n}, blobs: blobs}
 	if r.prealloc && !n.Sparse {
-		if err := preallocate(fd, size); err != nil {
+		if err := preallocate(fd, int64(n.Size)); err != nil {
 			closeJobs([]restoreJob{f.job}, true)
 			return err
 		}
 	}
 	var parts []*filePart
-	for first, off := 0, int64(0); first < len(lengths); {
+	for first, off := 0, int64(0); first < len(blobs); {
 		k, partSize := first, 0
-		for k < len(lengths) && (k == first || partSize+lengths[k] <= batchBytes) {
-			partSize += lengths[k]
+		for k < len(blobs) && (k == first || partSize+int(blobs[k].RawLength) <= batchBytes) {
+			partSize += int(blobs[k].RawLength)
 			k++
 		}
 		parts = append(parts, &filePart{file: f, first: first, n: k - first, off: off})
@@ -644,6 +635,24 @@ func (r *restorer) sendParts(ctx context.Context, dfd int, name, path string, n 
 		}
 	}
 	return nil
+}
+
+// lookup returns the index entries of n's content, checked against its size.
+func (r *restorer) lookup(n *Node) ([]repo.PackedBlob, error) {
+	blobs := make([]repo.PackedBlob, len(n.Content))
+	var size uint64
+	for i, id := range n.Content {
+		e, ok := r.store.Index().Lookup(repo.DataBlob, id)
+		if !ok {
+			return nil, fmt.Errorf("data blob %s: %w", id.Short(), pack.ErrBlobNotFound)
+		}
+		blobs[i] = e
+		size += uint64(e.RawLength)
+	}
+	if size != n.Size {
+		return nil, fmt.Errorf("content is %d bytes, the snapshot says %d", size, n.Size)
+	}
+	return blobs, nil
 }
 
 // sendBatch hands the files created so far to a worker.
@@ -741,7 +750,7 @@ func room(buf []byte, n int) []byte {
 // that fails is reported and removed.
 func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, plain []byte) ([]byte, []byte, error) {
 	failed := make([]error, len(batch))
-	lengths := make([][]int, len(batch))
+	blobs := make([][]repo.PackedBlob, len(batch)) // of whole files
 	var needs []need
 	for i := range batch {
 		job := &batch[i]
@@ -750,28 +759,22 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 				continue
 			}
 		}
-		content, off := job.node.Content, int64(0)
+		content, off := []repo.PackedBlob(nil), int64(0)
 		if p := job.part; p != nil {
-			content, off = content[p.first:p.first+p.n], p.off
-		}
-		for _, id := range content {
-			e, ok := r.store.Index().Lookup(repo.DataBlob, id)
-			if !ok {
-				failed[i] = fmt.Errorf("data blob %s: %w", id.Short(), pack.ErrBlobNotFound)
-				break
+			// sendParts looked the blobs up and reserved the space.
+			content, off = p.file.blobs[p.first:p.first+p.n], p.off
+		} else {
+			if blobs[i], failed[i] = r.lookup(job.node); failed[i] != nil {
+				continue
 			}
+			content = blobs[i]
+			if r.prealloc && len(content) > 1 && !job.node.Sparse {
+				failed[i] = preallocate(job.fd, int64(job.node.Size))
+			}
+		}
+		for _, e := range content {
 			needs = append(needs, need{blob: e, job: i, off: off})
-			lengths[i] = append(lengths[i], int(e.RawLength))
 			off += int64(e.RawLength)
-		}
-		if job.part != nil {
-			continue // sendParts checked the size and reserved the space
-		}
-		if failed[i] == nil && uint64(off) != job.node.Size {
-			failed[i] = fmt.Errorf("content is %d bytes, the snapshot says %d", off, job.node.Size)
-		}
-		if failed[i] == nil && r.prealloc && len(job.node.Content) > 1 && !job.node.Sparse {
-			failed[i] = preallocate(job.fd, int64(job.node.Size))
 		}
 	}
 	slices.SortFunc(needs, func(a, b need) int {
@@ -843,7 +846,7 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 	}
 	for i, job := range batch {
 		if job.part == nil {
-			r.finish(job, lengths[i], failed[i])
+			r.finish(job, blobs[i], failed[i])
 			continue
 		}
 		f := job.part.file
@@ -851,7 +854,7 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 			if errors.Is(err, errAbandoned) {
 				closeJobs([]restoreJob{f.job}, true)
 			} else {
-				r.finish(f.job, f.lengths, err)
+				r.finish(f.job, f.blobs, err)
 			}
 		}
 	}
@@ -860,9 +863,9 @@ func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, pla
 
 // finish ends a file whose content was written, unless err says it failed:
 // it finishes the file, counts it and closes it, or reports and removes it.
-func (r *restorer) finish(job restoreJob, lengths []int, err error) {
+func (r *restorer) finish(job restoreJob, blobs []repo.PackedBlob, err error) {
 	if err == nil {
-		err = r.finishFile(job, lengths)
+		err = r.finishFile(job, blobs)
 	}
 	if err != nil {
 		r.fail(job.path, err)
@@ -879,7 +882,7 @@ func (r *restorer) finish(job restoreJob, lengths []int, err error) {
 
 // finishFile sets a written file's length and metadata, after verifying its
 // content when asked.
-func (r *restorer) finishFile(job restoreJob, lengths []int) error {
+func (r *restorer) finishFile(job restoreJob, blobs []repo.PackedBlob) error {
 	// Only a hole at the end leaves a new file short of its size.
 	if job.node.Sparse {
 		if err := unix.Ftruncate(job.fd, int64(job.node.Size)); err != nil {
@@ -887,7 +890,7 @@ func (r *restorer) finishFile(job restoreJob, lengths []int) error {
 		}
 	}
 	if r.opts.Verify {
-		if err := r.verify(job, lengths); err != nil {
+		if err := r.verify(job, blobs); err != nil {
 			return err
 		}
 	}
@@ -963,7 +966,7 @@ func pwriteAll(fd int, data []byte, off int64) error {
 }
 
 // verify re-reads the written file and checks every blob's id.
-func (r *restorer) verify(job restoreJob, lengths []int) error {
+func (r *restorer) verify(job restoreJob, blobs []repo.PackedBlob) error {
 	fd, err := unix.Openat(job.dirfd, job.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
@@ -971,15 +974,15 @@ func (r *restorer) verify(job restoreJob, lengths []int) error {
 	defer unix.Close(fd)
 	key := r.store.Repo().Key()
 	var off int64
-	for i, n := range lengths {
-		buf := make([]byte, n)
+	for _, e := range blobs {
+		buf := make([]byte, e.RawLength)
 		if _, err := unix.Pread(fd, buf, off); err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
-		if repo.ID(key.BlobID(buf)) != job.node.Content[i] {
+		if repo.ID(key.BlobID(buf)) != e.ID {
 			return fmt.Errorf("verify: content at offset %d differs from the snapshot", off)
 		}
-		off += int64(n)
+		off += int64(e.RawLength)
 	}
 	r.count(func(s *RestoreStats) { s.Verified++ })
 	return nil
