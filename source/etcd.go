@@ -5,92 +5,144 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
-
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
-// etcdConnectTimeout bounds the wait for the first endpoint to answer;
-// the snapshot itself may take as long as it needs.
+// etcdConnectTimeout bounds the wait for an endpoint to answer; the
+// snapshot itself may take as long as it needs.
 const etcdConnectTimeout = 20 * time.Second
 
 // openEtcd streams a snapshot from the maintenance API: one consistent
 // point in time of the whole keyspace, taken by the server without a
-// temporary file on this side.
+// temporary file on this side. It goes through etcd's JSON gateway
+// (POST /v3/maintenance/snapshot, served on the client port by default
+// since etcd 3.4) rather than gRPC: a gRPC client would be a third of this
+// program's code, resident in every run's memory for this one source.
 func openEtcd(ctx context.Context, s Spec) (string, io.ReadCloser, error) {
 	if len(s.Endpoints) == 0 {
 		return "", nil, errors.New("etcd: no endpoints")
 	}
-	cfg := clientv3.Config{
-		Endpoints:   s.Endpoints,
-		DialTimeout: etcdConnectTimeout,
-		Logger:      zap.NewNop(),
-	}
-	if s.CertFile != "" || s.KeyFile != "" || s.CAFile != "" {
-		info := transport.TLSInfo{CertFile: s.CertFile, KeyFile: s.KeyFile, TrustedCAFile: s.CAFile}
-		tc, err := info.ClientConfig()
-		if err != nil {
-			return "", nil, fmt.Errorf("etcd TLS: %w", err)
-		}
-		cfg.TLS = tc
-	} else if hasHTTPS(s.Endpoints) {
-		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	cli, err := clientv3.New(cfg)
+	tc, err := etcdTLS(s)
 	if err != nil {
-		return "", nil, fmt.Errorf("etcd %s: %w", strings.Join(s.Endpoints, ","), err)
-	}
-	// A stream to an endpoint that never answers would wait forever:
-	// ask for the status first, with a deadline.
-	if err := etcdReachable(ctx, cli, s.Endpoints); err != nil {
-		cli.Close()
 		return "", nil, err
 	}
-	resp, err := cli.SnapshotWithVersion(ctx)
-	if err != nil {
-		cli.Close()
-		return "", nil, fmt.Errorf("etcd snapshot from %s: %w", strings.Join(s.Endpoints, ","), err)
-	}
-	return "snapshot.db", &etcdStream{cli: cli, rc: resp.Snapshot, h: sha256.New()}, nil
-}
-
-func etcdReachable(ctx context.Context, cli *clientv3.Client, endpoints []string) error {
-	var err error
-	for _, ep := range endpoints {
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: etcdConnectTimeout}).DialContext,
+		TLSClientConfig:       tc,
+		TLSHandshakeTimeout:   etcdConnectTimeout,
+		ResponseHeaderTimeout: etcdConnectTimeout,
+	}}
+	// The first endpoint whose status answers serves the snapshot.
+	for _, ep := range s.Endpoints {
+		base := etcdURL(ep, tc != nil)
 		sctx, cancel := context.WithTimeout(ctx, etcdConnectTimeout)
-		_, err = cli.Status(sctx, ep)
-		cancel()
+		var st *http.Response
+		st, err = etcdPost(sctx, client, base+"/v3/maintenance/status")
 		if err == nil {
-			return nil
+			_, err = io.Copy(io.Discard, st.Body)
+			st.Body.Close()
 		}
+		cancel()
+		if err != nil {
+			continue
+		}
+		resp, err := etcdPost(ctx, client, base+"/v3/maintenance/snapshot")
+		if err != nil {
+			return "", nil, fmt.Errorf("etcd snapshot from %s: %w", ep, err)
+		}
+		return "snapshot.db", &etcdStream{body: resp.Body, dec: json.NewDecoder(resp.Body), h: sha256.New()}, nil
 	}
-	return fmt.Errorf("etcd %s: %w", strings.Join(endpoints, ","), err)
+	return "", nil, fmt.Errorf("etcd %s: %w", strings.Join(s.Endpoints, ","), err)
 }
 
-func hasHTTPS(endpoints []string) bool {
-	for _, ep := range endpoints {
-		if strings.HasPrefix(ep, "https://") {
-			return true
-		}
+// etcdURL gives an endpoint a scheme: etcd's own tools take host:port.
+func etcdURL(ep string, useTLS bool) string {
+	ep = strings.TrimRight(ep, "/")
+	if strings.Contains(ep, "://") {
+		return ep
 	}
-	return false
+	if useTLS {
+		return "https://" + ep
+	}
+	return "http://" + ep
 }
 
-// etcdStream is the snapshot. The server ends it with the SHA-256 of what
+// etcdTLS is the client's TLS configuration from the spec's files, or nil
+// when none is given (an https endpoint then uses the system's roots).
+func etcdTLS(s Spec) (*tls.Config, error) {
+	if s.CertFile == "" && s.KeyFile == "" && s.CAFile == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if s.CAFile != "" {
+		pem, err := os.ReadFile(s.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcd TLS: no PEM certificate in %s", s.CAFile)
+		}
+	}
+	if s.CertFile != "" || s.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// etcdPost sends an empty request to one of the gateway's methods and
+// returns the response when it is a success.
+func etcdPost(ctx context.Context, client *http.Client, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Message string `json:"message"`
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if json.Unmarshal(msg, &e) == nil && e.Message != "" {
+		return nil, fmt.Errorf("%s: %s", resp.Status, e.Message)
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, fmt.Errorf("%s: no JSON gateway at %s (etcd before 3.4, or --enable-grpc-gateway=false)", resp.Status, url)
+	}
+	return nil, errors.New(resp.Status)
+}
+
+// etcdStream is the snapshot: the gateway sends it as a sequence of JSON
+// messages, one per chunk. The server ends it with the SHA-256 of what
 // came before; checking it is how Close knows the snapshot is whole.
 type etcdStream struct {
-	cli    *clientv3.Client
-	rc     io.ReadCloser
+	body   io.ReadCloser
+	dec    *json.Decoder
+	buf    []byte // the current chunk's bytes not yet read
 	h      hash.Hash
 	tail   []byte // the last sha256.Size bytes seen, not yet hashed
 	eof    bool
@@ -98,17 +150,40 @@ type etcdStream struct {
 	closed bool
 }
 
+// etcdMessage is one message of the gateway's stream.
+type etcdMessage struct {
+	Result *struct {
+		Blob []byte `json:"blob"`
+	} `json:"result"`
+	Error *struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
 func (s *etcdStream) Read(p []byte) (int, error) {
-	n, err := s.rc.Read(p)
-	s.hashLagging(p[:n])
-	switch {
-	case err == io.EOF:
-		s.eof = true
-	case err != nil:
-		err = fmt.Errorf("etcd snapshot: %w", err)
-		s.err = err
+	for len(s.buf) == 0 {
+		if s.err != nil {
+			return 0, s.err
+		}
+		if s.eof {
+			return 0, io.EOF
+		}
+		var m etcdMessage
+		switch err := s.dec.Decode(&m); {
+		case err == io.EOF:
+			s.eof = true
+		case err != nil:
+			s.err = fmt.Errorf("etcd snapshot: %w", err)
+		case m.Error != nil:
+			s.err = fmt.Errorf("etcd snapshot: %s", m.Error.Message)
+		case m.Result != nil:
+			s.buf = m.Result.Blob
+			s.hashLagging(s.buf)
+		}
 	}
-	return n, err
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	return n, nil
 }
 
 // hashLagging hashes everything but the last sha256.Size bytes seen,
@@ -132,10 +207,7 @@ func (s *etcdStream) Close() error {
 		return s.err
 	}
 	s.closed = true
-	s.rc.Close()
-	if s.cli != nil {
-		s.cli.Close()
-	}
+	s.body.Close()
 	switch {
 	case s.err != nil:
 	case !s.eof:

@@ -3,7 +3,15 @@ package source_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,5 +143,72 @@ func TestEtcdOverwriteAndDamage(t *testing.T) {
 	if _, rc, err := source.Open(ctx, source.Spec{Kind: "etcd", Name: "etcd", Endpoints: []string{nobody}}); err == nil {
 		rc.Close()
 		t.Error("snapshot from an endpoint nobody listens on: no error")
+	}
+}
+
+// writeCerts writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate, both signed by the CA, as PEM files into dir.
+func writeCerts(t *testing.T, dir string) (caFile, serverCert, serverKey, clientCert, clientKey string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	issue := func(serial int64, usage x509.ExtKeyUsage, name string) (string, string) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, _ := x509.MarshalPKCS8PrivateKey(key)
+		return write(name+".crt", "CERTIFICATE", der), write(name+".key", "PRIVATE KEY", kder)
+	}
+	serverCert, serverKey = issue(2, x509.ExtKeyUsageServerAuth, "server")
+	clientCert, clientKey = issue(3, x509.ExtKeyUsageClientAuth, "client")
+	return write("ca.crt", "CERTIFICATE", caDER), serverCert, serverKey, clientCert, clientKey
+}
+
+func TestEtcdOverTLS(t *testing.T) {
+	caFile, serverCert, serverKey, clientCert, clientKey := writeCerts(t, t.TempDir())
+	srv := testenv.EtcdTLS(t, serverCert, serverKey, caFile)
+	etcdClient(t, srv.URL).Put(t.Context(), "/tls/key", "value")
+	spec := source.Spec{Kind: "etcd", Name: "etcd", CertFile: clientCert, KeyFile: clientKey, CAFile: caFile}
+
+	// host:port takes https from the TLS files; an endpoint that does not
+	// answer is passed over for the next.
+	dead := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	spec.Endpoints = []string{dead, strings.TrimPrefix(srv.TLSURL, "https://")}
+	_, data := mustDump(t, spec)
+	if !bytes.Contains(data, []byte("/tls/key")) {
+		t.Errorf("the %d-byte snapshot does not hold the key written before it", len(data))
+	}
+
+	// Without a client certificate the server refuses, and so does a
+	// client that does not trust the server's CA.
+	for _, s := range []source.Spec{
+		{Kind: "etcd", Name: "etcd", Endpoints: []string{srv.TLSURL}, CAFile: caFile},
+		{Kind: "etcd", Name: "etcd", Endpoints: []string{srv.TLSURL}, CertFile: clientCert, KeyFile: clientKey},
+	} {
+		if _, _, err := dump(t, s); err == nil {
+			t.Errorf("snapshot with CA %q and certificate %q: no error", s.CAFile, s.CertFile)
+		}
+	}
+	if _, _, err := dump(t, source.Spec{Kind: "etcd", Name: "etcd", Endpoints: []string{srv.TLSURL}, CAFile: clientKey}); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Errorf("a CA file without a certificate: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -134,19 +135,26 @@ func TestCopyCounter(t *testing.T) {
 	}
 }
 
-// sha256Trailed returns data followed by its SHA-256, as etcd sends a
-// snapshot.
-func sha256Trailed(data []byte) []byte {
-	sum := sha256.Sum256(data)
-	return append(append([]byte(nil), data...), sum[:]...)
+// gatewayStream returns data followed by its SHA-256, as etcd's JSON
+// gateway sends a snapshot: messages of at most msg bytes each, the
+// trailer in one of its own.
+func gatewayStream(data []byte, msg int) []byte {
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	for len(data) > 0 {
+		n := min(msg, len(data))
+		enc.Encode(map[string]any{"result": map[string]any{"blob": data[:n], "version": "3.6.0"}})
+		data = data[n:]
+	}
+	return out.Bytes()
 }
 
 func TestEtcdStreamChecksTheTrailer(t *testing.T) {
 	data := make([]byte, 100000)
 	rand.Read(data)
-	good := sha256Trailed(data)
+	sum := sha256.Sum256(data)
 	read := func(stream []byte, chunk int) ([]byte, error) {
-		s := &etcdStream{rc: io.NopCloser(bytes.NewReader(stream)), h: sha256.New()}
+		s := &etcdStream{body: io.NopCloser(bytes.NewReader(stream)), dec: json.NewDecoder(bytes.NewReader(stream)), h: sha256.New()}
 		var out bytes.Buffer
 		buf := make([]byte, chunk)
 		_, err := io.CopyBuffer(&out, struct{ io.Reader }{s}, buf)
@@ -155,19 +163,28 @@ func TestEtcdStreamChecksTheTrailer(t *testing.T) {
 		}
 		return out.Bytes(), s.Close()
 	}
-	for _, chunk := range []int{1, 31, 32, 33, 4096} {
+	good := append(gatewayStream(data, 32<<10), gatewayStream(sum[:], 32)...)
+	for _, chunk := range []int{1, 31, 32, 33, 4096, 64 << 10} {
 		got, err := read(good, chunk)
-		if err != nil || !bytes.Equal(got, good) {
+		if err != nil || !bytes.Equal(got, append(bytes.Clone(data), sum[:]...)) {
 			t.Errorf("chunk %d: %d bytes, %v", chunk, len(got), err)
 		}
 	}
-	damaged := append([]byte(nil), good...)
+	// The trailer split over messages is found all the same.
+	if _, err := read(gatewayStream(append(bytes.Clone(data), sum[:]...), 1000), 4096); err != nil {
+		t.Errorf("trailer across messages: %v", err)
+	}
+	damaged := bytes.Clone(data)
 	damaged[5000] ^= 1
-	if _, err := read(damaged, 4096); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+	if _, err := read(append(gatewayStream(damaged, 32<<10), gatewayStream(sum[:], 32)...), 4096); err == nil || !strings.Contains(err.Error(), "SHA-256") {
 		t.Errorf("damaged snapshot: %v", err)
 	}
-	if _, err := read(good[:len(good)-1000], 4096); err == nil {
+	if _, err := read(gatewayStream(data[:50000], 32<<10), 4096); err == nil {
 		t.Error("truncated snapshot: no error")
+	}
+	failed := append(gatewayStream(data[:50000], 32<<10), `{"error":{"grpc_code":14,"message":"etcdserver: leader changed"}}`+"\n"...)
+	if _, err := read(failed, 4096); err == nil || !strings.Contains(err.Error(), "leader changed") {
+		t.Errorf("stream that ends in an error: %v", err)
 	}
 }
 

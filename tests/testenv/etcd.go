@@ -14,6 +14,7 @@ const etcdInstall = "cd tests/tools/etcd && go build -o $GOBIN/etcd go.etcd.io/e
 type EtcdServer struct {
 	Endpoint string // host:port of the client API
 	URL      string // client URL, http://Endpoint
+	TLSURL   string // https client URL that wants a client certificate (EtcdTLS)
 	Name     string // member name
 	DataDir  string
 
@@ -27,7 +28,17 @@ func Etcd(t testing.TB) *EtcdServer {
 	t.Helper()
 	bin := findBinary(t, "etcd", etcdInstall)
 	dir := serverDir(t, "etcd")
-	return startEtcd(t, bin, dir, "n1", nil)
+	return startEtcd(t, bin, dir, "n1", nil, nil)
+}
+
+// EtcdTLS starts etcd like Etcd with a second client listener, TLSURL,
+// that serves certFile and keyFile and takes only clients whose
+// certificate caFile signed.
+func EtcdTLS(t testing.TB, certFile, keyFile, caFile string) *EtcdServer {
+	t.Helper()
+	bin := findBinary(t, "etcd", etcdInstall)
+	dir := serverDir(t, "etcd")
+	return startEtcd(t, bin, dir, "n1", nil, []string{certFile, keyFile, caFile})
 }
 
 // RestoreEtcd restores a snapshot file (etcdctl snapshot save, or the
@@ -52,12 +63,14 @@ func RestoreEtcd(t testing.TB, snapshotPath string) *EtcdServer {
 		cmd.Env = filterEnv(os.Environ(), []string{"ETCD"})
 		return run(cmd)
 	}
-	return startEtcd(t, bin, dir, "restored", restore)
+	return startEtcd(t, bin, dir, "restored", restore, nil)
 }
 
 // startEtcd starts etcd as member name in dir, first running prepare (if
-// not nil) with the peer URL and data directory of each attempt.
-func startEtcd(t testing.TB, bin, dir, name string, prepare func(name, peerURL, dataDir string) error) *EtcdServer {
+// not nil) with the peer URL and data directory of each attempt, and
+// listening on TLSURL as well when tlsFiles holds a certificate, its key
+// and the clients' CA.
+func startEtcd(t testing.TB, bin, dir, name string, prepare func(name, peerURL, dataDir string) error, tlsFiles []string) *EtcdServer {
 	t.Helper()
 	s := &EtcdServer{Name: name, DataDir: filepath.Join(dir, "data"), t: t}
 	var err error
@@ -75,6 +88,16 @@ func startEtcd(t testing.TB, bin, dir, name string, prepare func(name, peerURL, 
 			}
 		}
 		s.proc = etcdProcess(t, bin, dir, name, s.DataDir, s.URL, peerURL)
+		if tlsFiles != nil {
+			s.TLSURL = "https://" + hostPort(freePort(t))
+			for i, a := range s.proc.args {
+				if a == "--listen-client-urls" || a == "--advertise-client-urls" {
+					s.proc.args[i+1] += "," + s.TLSURL
+				}
+			}
+			s.proc.args = append(s.proc.args, "--cert-file", tlsFiles[0], "--key-file", tlsFiles[1],
+				"--trusted-ca-file", tlsFiles[2], "--client-cert-auth")
+		}
 		if err = s.proc.start(); err == nil {
 			s.proc.register()
 			return s
