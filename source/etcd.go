@@ -6,30 +6,40 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // etcdConnectTimeout bounds the wait for an endpoint to answer; the
 // snapshot itself may take as long as it needs.
 const etcdConnectTimeout = 20 * time.Second
 
+// etcdMaxMessage bounds one message of the stream; etcd sends 32 KiB.
+const etcdMaxMessage = 4 << 20
+
 // openEtcd streams a snapshot from the maintenance API: one consistent
 // point in time of the whole keyspace, taken by the server without a
-// temporary file on this side. It goes through etcd's JSON gateway
-// (POST /v3/maintenance/snapshot, served on the client port by default
-// since etcd 3.4) rather than gRPC: a gRPC client would be a third of this
-// program's code, resident in every run's memory for this one source.
+// temporary file on this side.
+//
+// The call is gRPC's wire format spoken directly over the standard
+// library's HTTP/2: one streaming call whose messages hold a single bytes
+// field needs no more. The gRPC client library would be a third of this
+// program's code, mapped into every run's memory for this one source, and
+// etcd's JSON gateway, the other way in, made the server encode the
+// snapshot in base64 JSON: 2.3x slower, on the server's CPU.
 func openEtcd(ctx context.Context, s Spec) (string, io.ReadCloser, error) {
 	if len(s.Endpoints) == 0 {
 		return "", nil, errors.New("etcd: no endpoints")
@@ -38,32 +48,23 @@ func openEtcd(ctx context.Context, s Spec) (string, io.ReadCloser, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(true)
 	client := &http.Client{Transport: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
+		Protocols:             protocols,
 		DialContext:           (&net.Dialer{Timeout: etcdConnectTimeout}).DialContext,
 		TLSClientConfig:       tc,
 		TLSHandshakeTimeout:   etcdConnectTimeout,
 		ResponseHeaderTimeout: etcdConnectTimeout,
 	}}
-	// The first endpoint whose status answers serves the snapshot.
+	// The first endpoint that answers serves the snapshot.
 	for _, ep := range s.Endpoints {
-		base := etcdURL(ep, tc != nil)
-		sctx, cancel := context.WithTimeout(ctx, etcdConnectTimeout)
-		var st *http.Response
-		st, err = etcdPost(sctx, client, base+"/v3/maintenance/status")
+		var body io.ReadCloser
+		body, err = etcdCall(ctx, client, etcdURL(ep, tc != nil)+"/etcdserverpb.Maintenance/Snapshot")
 		if err == nil {
-			_, err = io.Copy(io.Discard, st.Body)
-			st.Body.Close()
+			return "snapshot.db", &etcdStream{body: body, h: sha256.New()}, nil
 		}
-		cancel()
-		if err != nil {
-			continue
-		}
-		resp, err := etcdPost(ctx, client, base+"/v3/maintenance/snapshot")
-		if err != nil {
-			return "", nil, fmt.Errorf("etcd snapshot from %s: %w", ep, err)
-		}
-		return "snapshot.db", &etcdStream{body: resp.Body, dec: json.NewDecoder(resp.Body), h: sha256.New()}, nil
 	}
 	return "", nil, fmt.Errorf("etcd %s: %w", strings.Join(s.Endpoints, ","), err)
 }
@@ -107,57 +108,79 @@ func etcdTLS(s Spec) (*tls.Config, error) {
 	return tc, nil
 }
 
-// etcdPost sends an empty request to one of the gateway's methods and
-// returns the response when it is a success.
-func etcdPost(ctx context.Context, client *http.Client, url string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+// etcdCall starts a gRPC call with an empty request message and returns
+// the response body, the stream of length-prefixed response messages.
+func etcdCall(ctx context.Context, client *http.Client, method string) (io.ReadCloser, error) {
+	// A message is a compression flag, a big-endian length and the
+	// message; an empty request message is five zero bytes.
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, method, bytes.NewReader(make([]byte, 5)))
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("TE", "trailers")
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode == http.StatusOK {
-		return resp, nil
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s", method, resp.Status)
 	}
-	defer resp.Body.Close()
-	var e struct {
-		Message string `json:"message"`
+	// A call that fails at once answers with its status in the headers.
+	if err := grpcStatus(resp.Header); err != nil {
+		resp.Body.Close()
+		return nil, err
 	}
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if json.Unmarshal(msg, &e) == nil && e.Message != "" {
-		return nil, fmt.Errorf("%s: %s", resp.Status, e.Message)
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		return nil, fmt.Errorf("%s: no JSON gateway at %s (etcd before 3.4, or --enable-grpc-gateway=false)", resp.Status, url)
-	}
-	return nil, errors.New(resp.Status)
+	return &grpcBody{resp: resp}, nil
 }
 
-// etcdStream is the snapshot: the gateway sends it as a sequence of JSON
-// messages, one per chunk. The server ends it with the SHA-256 of what
-// came before; checking it is how Close knows the snapshot is whole.
+// grpcStatus is the error that a call's status (in its trailers, or its
+// headers when it failed at once) reports, or nil for success or none.
+func grpcStatus(h http.Header) error {
+	code := h.Get("Grpc-Status")
+	if code == "" || code == "0" {
+		return nil
+	}
+	msg, err := url.PathUnescape(h.Get("Grpc-Message"))
+	if err != nil {
+		msg = h.Get("Grpc-Message")
+	}
+	return fmt.Errorf("gRPC status %s: %s", code, msg)
+}
+
+// grpcBody is a call's response body; its end reports the call's status.
+type grpcBody struct {
+	resp *http.Response
+}
+
+func (b *grpcBody) Read(p []byte) (int, error) {
+	n, err := b.resp.Body.Read(p)
+	if err == io.EOF {
+		if serr := grpcStatus(b.resp.Trailer); serr != nil {
+			return n, serr
+		}
+		if b.resp.Trailer.Get("Grpc-Status") == "" {
+			return n, io.ErrUnexpectedEOF
+		}
+	}
+	return n, err
+}
+
+func (b *grpcBody) Close() error { return b.resp.Body.Close() }
+
+// etcdStream is the snapshot, read from SnapshotResponse messages (blob is
+// their field 3). The server ends it with the SHA-256 of what came before;
+// checking it is how Close knows the snapshot is whole.
 type etcdStream struct {
 	body   io.ReadCloser
-	dec    *json.Decoder
-	buf    []byte // the current chunk's bytes not yet read
+	msg    []byte // the message being read
+	buf    []byte // its blob's bytes not yet read
 	h      hash.Hash
 	tail   []byte // the last sha256.Size bytes seen, not yet hashed
 	eof    bool
 	err    error
 	closed bool
-}
-
-// etcdMessage is one message of the gateway's stream.
-type etcdMessage struct {
-	Result *struct {
-		Blob []byte `json:"blob"`
-	} `json:"result"`
-	Error *struct {
-		Message string `json:"message"`
-	} `json:"error"`
 }
 
 func (s *etcdStream) Read(p []byte) (int, error) {
@@ -168,22 +191,70 @@ func (s *etcdStream) Read(p []byte) (int, error) {
 		if s.eof {
 			return 0, io.EOF
 		}
-		var m etcdMessage
-		switch err := s.dec.Decode(&m); {
-		case err == io.EOF:
+		if err := s.next(); err == io.EOF {
 			s.eof = true
-		case err != nil:
+		} else if err != nil {
 			s.err = fmt.Errorf("etcd snapshot: %w", err)
-		case m.Error != nil:
-			s.err = fmt.Errorf("etcd snapshot: %s", m.Error.Message)
-		case m.Result != nil:
-			s.buf = m.Result.Blob
-			s.hashLagging(s.buf)
 		}
 	}
 	n := copy(p, s.buf)
 	s.buf = s.buf[n:]
 	return n, nil
+}
+
+// cutShort names a stream's end inside a message for what it is.
+func cutShort(err error) error {
+	if err == io.ErrUnexpectedEOF {
+		return errors.New("stream cut inside a message")
+	}
+	return err
+}
+
+// next reads the next message and sets buf to its blob.
+func (s *etcdStream) next() error {
+	var head [5]byte
+	if _, err := io.ReadFull(s.body, head[:]); err != nil {
+		return cutShort(err)
+	}
+	size := binary.BigEndian.Uint32(head[1:])
+	switch {
+	case head[0] != 0:
+		return errors.New("compressed message (not asked for)")
+	case size > etcdMaxMessage:
+		return fmt.Errorf("message of %d bytes", size)
+	}
+	if cap(s.msg) < int(size) {
+		s.msg = make([]byte, size)
+	}
+	s.msg = s.msg[:size]
+	if _, err := io.ReadFull(s.body, s.msg); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return cutShort(err)
+	}
+	for b := s.msg; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if num == 3 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			s.buf = v
+			b = b[n:]
+			continue
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	s.hashLagging(s.buf)
+	return nil
 }
 
 // hashLagging hashes everything but the last sha256.Size bytes seen,

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/json"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 func TestParsePgDSN(t *testing.T) {
@@ -135,18 +138,29 @@ func TestCopyCounter(t *testing.T) {
 	}
 }
 
-// gatewayStream returns data followed by its SHA-256, as etcd's JSON
-// gateway sends a snapshot: messages of at most msg bytes each, the
-// trailer in one of its own.
-func gatewayStream(data []byte, msg int) []byte {
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
+// grpcStream returns data followed by its SHA-256 as etcd sends a
+// snapshot: SnapshotResponse messages of at most msg bytes of it each,
+// with the header and remaining_bytes fields around the blob, the trailer
+// in a message of its own.
+func grpcStream(data []byte, msg int) []byte {
+	var out []byte
 	for len(data) > 0 {
 		n := min(msg, len(data))
-		enc.Encode(map[string]any{"result": map[string]any{"blob": data[:n], "version": "3.6.0"}})
+		var m []byte
+		m = protowire.AppendTag(m, 1, protowire.BytesType)
+		m = protowire.AppendBytes(m, []byte{0x08, 0x01}) // header{cluster_id: 1}
+		m = protowire.AppendTag(m, 2, protowire.VarintType)
+		m = protowire.AppendVarint(m, uint64(len(data)-n))
+		m = protowire.AppendTag(m, 3, protowire.BytesType)
+		m = protowire.AppendBytes(m, data[:n])
+		m = protowire.AppendTag(m, 4, protowire.BytesType)
+		m = protowire.AppendString(m, "3.6.0")
+		out = append(out, 0)
+		out = binary.BigEndian.AppendUint32(out, uint32(len(m)))
+		out = append(out, m...)
 		data = data[n:]
 	}
-	return out.Bytes()
+	return out
 }
 
 func TestEtcdStreamChecksTheTrailer(t *testing.T) {
@@ -154,7 +168,7 @@ func TestEtcdStreamChecksTheTrailer(t *testing.T) {
 	rand.Read(data)
 	sum := sha256.Sum256(data)
 	read := func(stream []byte, chunk int) ([]byte, error) {
-		s := &etcdStream{body: io.NopCloser(bytes.NewReader(stream)), dec: json.NewDecoder(bytes.NewReader(stream)), h: sha256.New()}
+		s := &etcdStream{body: io.NopCloser(bytes.NewReader(stream)), h: sha256.New()}
 		var out bytes.Buffer
 		buf := make([]byte, chunk)
 		_, err := io.CopyBuffer(&out, struct{ io.Reader }{s}, buf)
@@ -163,28 +177,46 @@ func TestEtcdStreamChecksTheTrailer(t *testing.T) {
 		}
 		return out.Bytes(), s.Close()
 	}
-	good := append(gatewayStream(data, 32<<10), gatewayStream(sum[:], 32)...)
+	whole := append(bytes.Clone(data), sum[:]...)
+	good := append(grpcStream(data, 32<<10), grpcStream(sum[:], 32)...)
 	for _, chunk := range []int{1, 31, 32, 33, 4096, 64 << 10} {
 		got, err := read(good, chunk)
-		if err != nil || !bytes.Equal(got, append(bytes.Clone(data), sum[:]...)) {
+		if err != nil || !bytes.Equal(got, whole) {
 			t.Errorf("chunk %d: %d bytes, %v", chunk, len(got), err)
 		}
 	}
 	// The trailer split over messages is found all the same.
-	if _, err := read(gatewayStream(append(bytes.Clone(data), sum[:]...), 1000), 4096); err != nil {
+	if _, err := read(grpcStream(whole, 1000), 4096); err != nil {
 		t.Errorf("trailer across messages: %v", err)
 	}
 	damaged := bytes.Clone(data)
 	damaged[5000] ^= 1
-	if _, err := read(append(gatewayStream(damaged, 32<<10), gatewayStream(sum[:], 32)...), 4096); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+	if _, err := read(append(grpcStream(damaged, 32<<10), grpcStream(sum[:], 32)...), 4096); err == nil || !strings.Contains(err.Error(), "SHA-256") {
 		t.Errorf("damaged snapshot: %v", err)
 	}
-	if _, err := read(gatewayStream(data[:50000], 32<<10), 4096); err == nil {
-		t.Error("truncated snapshot: no error")
+	if _, err := read(grpcStream(data[:50000], 32<<10), 4096); err == nil {
+		t.Error("snapshot without its trailer: no error")
 	}
-	failed := append(gatewayStream(data[:50000], 32<<10), `{"error":{"grpc_code":14,"message":"etcdserver: leader changed"}}`+"\n"...)
-	if _, err := read(failed, 4096); err == nil || !strings.Contains(err.Error(), "leader changed") {
-		t.Errorf("stream that ends in an error: %v", err)
+	if _, err := read(good[:len(good)-10], 4096); err == nil || !strings.Contains(err.Error(), "cut") {
+		t.Errorf("stream cut inside a message: %v", err)
+	}
+}
+
+func TestGRPCBodyReportsTheStatus(t *testing.T) {
+	read := func(trailer http.Header) error {
+		b := &grpcBody{resp: &http.Response{Body: io.NopCloser(strings.NewReader("x")), Trailer: trailer}}
+		_, err := io.ReadAll(b)
+		return err
+	}
+	if err := read(http.Header{"Grpc-Status": {"0"}}); err != nil {
+		t.Errorf("status 0: %v", err)
+	}
+	err := read(http.Header{"Grpc-Status": {"14"}, "Grpc-Message": {"etcdserver%3A leader changed"}})
+	if err == nil || !strings.Contains(err.Error(), "14: etcdserver: leader changed") {
+		t.Errorf("status 14: %v", err)
+	}
+	if err := read(http.Header{}); err != io.ErrUnexpectedEOF {
+		t.Errorf("a stream that ends without a status: %v", err)
 	}
 }
 
