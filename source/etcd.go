@@ -63,9 +63,10 @@ func openEtcd(ctx context.Context, s Spec) (string, io.ReadCloser, error) {
 		var body io.ReadCloser
 		body, err = etcdCall(ctx, client, etcdURL(ep, tc != nil)+"/etcdserverpb.Maintenance/Snapshot")
 		if err == nil {
-			return "snapshot.db", &etcdStream{body: body, h: sha256.New()}, nil
+			return "snapshot.db", &etcdStream{body: body, client: client, h: sha256.New()}, nil
 		}
 	}
+	client.CloseIdleConnections()
 	return "", nil, fmt.Errorf("etcd %s: %w", strings.Join(s.Endpoints, ","), err)
 }
 
@@ -174,8 +175,9 @@ func (b *grpcBody) Close() error { return b.resp.Body.Close() }
 // checking it is how Close knows the snapshot is whole.
 type etcdStream struct {
 	body   io.ReadCloser
-	msg    []byte // the message being read
-	buf    []byte // its blob's bytes not yet read
+	client *http.Client // its connection is closed with the stream
+	msg    []byte       // the message being read
+	buf    []byte       // its blob's bytes not yet read
 	h      hash.Hash
 	tail   []byte // the last sha256.Size bytes seen, not yet hashed
 	eof    bool
@@ -279,6 +281,9 @@ func (s *etcdStream) Close() error {
 	}
 	s.closed = true
 	s.body.Close()
+	if s.client != nil {
+		s.client.CloseIdleConnections()
+	}
 	switch {
 	case s.err != nil:
 	case !s.eof:
