@@ -557,6 +557,11 @@ func (comp *Component) validate() []error {
 		if len(comp.Endpoints) == 0 {
 			add("kind etcd needs endpoints")
 		}
+		for _, ep := range comp.Endpoints {
+			if err := source.CheckEtcdEndpoint(ep); err != nil {
+				add("%v", err)
+			}
+		}
 		if (comp.CertFile == "") != (comp.KeyFile == "") {
 			add("cert_file and key_file go together")
 		}

@@ -236,6 +236,7 @@ func TestMissingAndInvalid(t *testing.T) {
 		{"relative path", "cluster: p\ncomponents:\n  - {name: a, kind: files, paths: [etc]}\n", []string{"not absolute"}},
 		{"bad exclude", "cluster: p\ncomponents:\n  - {name: a, kind: files, paths: [/e], exclude: [\"[ab\"]}\n", []string{"line 3", "exclude"}},
 		{"etcd without endpoints", "cluster: p\ncomponents:\n  - {name: a, kind: etcd}\n", []string{"needs endpoints"}},
+		{"etcd on a unix socket", "cluster: p\ncomponents:\n  - {name: a, kind: etcd, endpoints: [\"10.0.0.1:2379\", \"unix://localhost:2379\"]}\n", []string{"endpoint unix://localhost:2379: only http://, https:// and host:port"}},
 		{"etcd half TLS", "cluster: p\ncomponents:\n  - {name: a, kind: etcd, endpoints: [x], cert_file: /c}\n", []string{"cert_file and key_file"}},
 		{"postgres without dsn", "cluster: p\ncomponents:\n  - {name: a, kind: postgres}\n", []string{"needs dsn"}},
 		{"postgres format", "cluster: p\ncomponents:\n  - {name: a, kind: postgres, dsn: x, format: tar}\n", []string{`format "tar"`}},

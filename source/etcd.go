@@ -60,8 +60,12 @@ func openEtcd(ctx context.Context, s Spec) (string, io.ReadCloser, error) {
 	}}
 	// The first endpoint that answers serves the snapshot.
 	for _, ep := range s.Endpoints {
+		var base string
+		if base, err = etcdURL(ep, tc != nil); err != nil {
+			return "", nil, err
+		}
 		var body io.ReadCloser
-		body, err = etcdCall(ctx, client, etcdURL(ep, tc != nil)+"/etcdserverpb.Maintenance/Snapshot")
+		body, err = etcdCall(ctx, client, base+"/etcdserverpb.Maintenance/Snapshot")
 		if err == nil {
 			return "snapshot.db", &etcdStream{body: body, client: client, h: sha256.New()}, nil
 		}
@@ -71,15 +75,26 @@ func openEtcd(ctx context.Context, s Spec) (string, io.ReadCloser, error) {
 }
 
 // etcdURL gives an endpoint a scheme: etcd's own tools take host:port.
-func etcdURL(ep string, useTLS bool) string {
+// Unix sockets (unix://), which etcd can listen on, are not supported.
+func etcdURL(ep string, useTLS bool) (string, error) {
 	ep = strings.TrimRight(ep, "/")
-	if strings.Contains(ep, "://") {
-		return ep
+	scheme, _, ok := strings.Cut(ep, "://")
+	switch {
+	case !ok && useTLS:
+		return "https://" + ep, nil
+	case !ok:
+		return "http://" + ep, nil
+	case scheme == "http" || scheme == "https":
+		return ep, nil
 	}
-	if useTLS {
-		return "https://" + ep
-	}
-	return "http://" + ep
+	return "", fmt.Errorf("etcd endpoint %s: only http://, https:// and host:port endpoints are supported", ep)
+}
+
+// CheckEtcdEndpoint reports an etcd endpoint that cannot be used, for
+// checking a cluster file before anything runs.
+func CheckEtcdEndpoint(ep string) error {
+	_, err := etcdURL(ep, false)
+	return err
 }
 
 // etcdTLS is the client's TLS configuration from the spec's files, or nil

@@ -302,3 +302,23 @@ func TestRedisTransferForms(t *testing.T) {
 		})
 	}
 }
+
+func TestEtcdURL(t *testing.T) {
+	for _, tc := range []struct {
+		ep     string
+		tls    bool
+		want   string
+		errMsg string
+	}{
+		{"10.0.0.1:2379", false, "http://10.0.0.1:2379", ""},
+		{"10.0.0.1:2379", true, "https://10.0.0.1:2379", ""},
+		{"https://etcd-0.example:2379/", false, "https://etcd-0.example:2379", ""},
+		{"http://127.0.0.1:2379", true, "http://127.0.0.1:2379", ""},
+		{"unix://localhost:2379", false, "", "only http://, https:// and host:port"},
+	} {
+		got, err := etcdURL(tc.ep, tc.tls)
+		if got != tc.want || (err == nil) != (tc.errMsg == "") || (err != nil && !strings.Contains(err.Error(), tc.errMsg)) {
+			t.Errorf("etcdURL(%q, %v) = %q, %v; want %q, error with %q", tc.ep, tc.tls, got, err, tc.want, tc.errMsg)
+		}
+	}
+}
