@@ -154,6 +154,9 @@ func (idx *Index) sync(ctx context.Context, r *repo.Repo) error {
 
 // mergeCache adds index files to the cache, a bounded batch at a time.
 func (idx *Index) mergeCache(ctx context.Context, r *repo.Repo, ids []repo.ID) error {
+	if len(ids) == 0 {
+		return nil
+	}
 	defer roomToMerge()()
 	var batch []entry
 	files := map[repo.ID][]byte{}
