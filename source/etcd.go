@@ -165,6 +165,10 @@ func grpcStatus(h http.Header) error {
 	return fmt.Errorf("gRPC status %s: %s", code, msg)
 }
 
+// errNoStatus is a call's end without the status that every gRPC reply ends
+// with: the server or a proxy cut it, whether inside a message or not.
+var errNoStatus = errors.New("stream ended without a gRPC status")
+
 // grpcBody is a call's response body; its end reports the call's status.
 type grpcBody struct {
 	resp *http.Response
@@ -177,7 +181,7 @@ func (b *grpcBody) Read(p []byte) (int, error) {
 			return n, serr
 		}
 		if b.resp.Trailer.Get("Grpc-Status") == "" {
-			return n, io.ErrUnexpectedEOF
+			return n, errNoStatus
 		}
 	}
 	return n, err

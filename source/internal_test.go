@@ -200,6 +200,11 @@ func TestEtcdStreamChecksTheTrailer(t *testing.T) {
 	if _, err := read(good[:len(good)-10], 4096); err == nil || !strings.Contains(err.Error(), "cut") {
 		t.Errorf("stream cut inside a message: %v", err)
 	}
+	// Cut between two messages, the reply lacks its gRPC status.
+	body := &grpcBody{resp: &http.Response{Body: io.NopCloser(bytes.NewReader(grpcStream(data, 32<<10))), Trailer: http.Header{}}}
+	if _, err := io.ReadAll(&etcdStream{body: body, h: sha256.New()}); err == nil || !strings.Contains(err.Error(), "without a gRPC status") {
+		t.Errorf("stream cut between messages: %v", err)
+	}
 }
 
 func TestGRPCBodyReportsTheStatus(t *testing.T) {
@@ -215,7 +220,7 @@ func TestGRPCBodyReportsTheStatus(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "14: etcdserver: leader changed") {
 		t.Errorf("status 14: %v", err)
 	}
-	if err := read(http.Header{}); err != io.ErrUnexpectedEOF {
+	if err := read(http.Header{}); err != errNoStatus {
 		t.Errorf("a stream that ends without a status: %v", err)
 	}
 }
