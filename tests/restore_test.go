@@ -2,6 +2,7 @@ package tests
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -61,6 +62,24 @@ func TestRestoreTarget(t *testing.T) {
 	target2 := filepath.Join(e.Dir, "x", "y", "target")
 	e.Must("restore", id[:8], "--target", target2)
 	sameTree(t, src, restoredAt(target2, src))
+}
+
+// --connections sets how many restore workers read at once; one alone must
+// still finish a file split over several batches, and many the same tree.
+func TestRestoreConnections(t *testing.T) {
+	t.Parallel()
+	e := NewRepo(t)
+	src := filepath.Join(e.Dir, "src")
+	WriteFile(t, filepath.Join(src, "big.bin"), randomBytes(21, 20<<20+5))
+	for i := range 300 {
+		WriteFile(t, filepath.Join(src, "small", fmt.Sprintf("%03d", i)), randomBytes(uint64(100+i), 100+i*37))
+	}
+	backupID(t, e, src)
+	for _, n := range []string{"1", "16"} {
+		target := filepath.Join(e.Dir, "target"+n)
+		e.Must("--connections", n, "restore", "latest", "--target", target)
+		sameTree(t, src, restoredAt(target, src))
+	}
 }
 
 // restoredFiles lists the regular files below root, relative to it.

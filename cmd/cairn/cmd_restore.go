@@ -173,6 +173,9 @@ func runRestore(c *cli.Context) error {
 	job.opts = snapshot.RestoreOptions{
 		Include: c.StringSlice("include"), Exclude: c.StringSlice("exclude"),
 		Verify: c.Bool("verify"), Overwrite: c.String("overwrite"), Delete: c.Bool("delete"),
+		// Each worker waits for its own reads: more of them hide a remote
+		// repository's latency, when asked for.
+		Workers: c.Int("connections"),
 	}
 	// A live target must be new or empty unless an overwrite policy is
 	// given: the default "always" is for directories.

@@ -32,7 +32,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cache-dir", EnvVars: []string{"CAIRN_CACHE_DIR"},
 			Usage: "local cache `DIR` (default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn)"},
 		&cli.BoolFlag{Name: "no-cache", Usage: "do not use a local cache"},
-		&cli.IntFlag{Name: "connections", Usage: "transfers to the repository at once, `N` (default: 5 for S3, 4 for a local directory)"},
+		&cli.IntFlag{Name: "connections", Usage: "transfers to the repository at once, `N` (default: 5 for S3, 4 for a local directory; restore: twice the cores, at least 4)"},
 		&cli.BoolFlag{Name: "json", Usage: "machine-readable output on stdout"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only errors"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print more"},
