@@ -20,7 +20,7 @@ if [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]]; then RESTORE=/dev/shm/c
 go build -o "$T/latproxy" ./scripts/latproxy
 PROXY_PID=
 minio_cleanup() {
-	[[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null
+	[[ -z $PROXY_PID ]] || kill "$PROXY_PID" 2>/dev/null || true
 	rm -rf "$T" "$RESTORE"
 }
 source scripts/minio.sh
