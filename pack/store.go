@@ -24,13 +24,19 @@ type Store struct {
 
 	mu       sync.Mutex
 	inflight map[[33]byte]struct{} // saved by a caller, pack not yet stored
-	packers  [2]*Writer
+	packers  map[packer]*Writer
 	uploads  chan *Writer // nil outside WithUploader
 	stats    Stats
 	dryRun   bool
 
 	tempDir     string // for data packs being filled; empty: the system's
 	connections int    // packs stored at once
+}
+
+// packer names a pack being filled: one per blob type and lane.
+type packer struct {
+	t    repo.BlobType
+	lane int
 }
 
 // Stats counts what SaveBlob stored.
@@ -50,7 +56,7 @@ type Options struct {
 func NewStore(r *repo.Repo, idx *index.Index) *Store {
 	cfg := r.Config()
 	s := &Store{r: r, idx: idx, key: r.Key(), comp: cfg.Compression, psize: cfg.PackSize,
-		inflight: map[[33]byte]struct{}{}, connections: 2}
+		inflight: map[[33]byte]struct{}{}, packers: map[packer]*Writer{}, connections: 2}
 	// A backend with a directory of its own for temporary files (a local
 	// repository) gets its packs filled there, ready to be linked in.
 	s.tempDir = repo.TempDirOf(r.Backend())
@@ -108,29 +114,31 @@ func (s *Store) WithUploader(ctx context.Context, opts Options, fn func(context.
 		})
 	}
 	fnErr := func() error {
-		if err := fn(wctx); err != nil {
+		err := fn(wctx)
+		s.mu.Lock()
+		partial := make([]*Writer, 0, len(s.packers))
+		for _, w := range s.packers {
+			partial = append(partial, w)
+		}
+		clear(s.packers)
+		s.mu.Unlock()
+		if err != nil {
 			// Blobs in unfinished packs were never stored.
-			for t := range s.packers {
-				s.mu.Lock()
-				w := s.packers[t]
-				s.packers[t] = nil
-				s.mu.Unlock()
-				if w != nil {
-					s.forget(w)
-				}
+			for _, w := range partial {
+				s.forget(w)
 			}
 			return err
 		}
 		// Hand the partial packs to the uploaders.
-		for t := range s.packers {
-			s.mu.Lock()
-			w := s.packers[t]
-			s.packers[t] = nil
-			s.mu.Unlock()
-			if w != nil && w.Count() > 0 {
-				if err := s.send(wctx, w); err != nil {
-					return err
+		for i, w := range partial {
+			if w.Count() == 0 {
+				continue
+			}
+			if err := s.send(wctx, w); err != nil {
+				for _, w := range partial[i+1:] {
+					s.forget(w)
 				}
+				return err
 			}
 		}
 		return nil
@@ -234,6 +242,14 @@ var scratch = sync.Pool{New: func() any { return new([]byte) }}
 // SaveBlob stores data as a blob of type t unless the repository has it.
 // known reports that it was there already.
 func (s *Store) SaveBlob(ctx context.Context, t repo.BlobType, data []byte) (id repo.ID, known bool, err error) {
+	return s.SaveBlobIn(ctx, 0, t, data)
+}
+
+// SaveBlobIn is SaveBlob with the blob packed in lane's own pack. Callers
+// that each save a stream of their own (a backup's walkers, each in its part
+// of the tree) keep every stream together in packs, in the order a restore
+// reads it; in one shared pack the streams would alternate blob by blob.
+func (s *Store) SaveBlobIn(ctx context.Context, lane int, t repo.BlobType, data []byte) (id repo.ID, known bool, err error) {
 	id = repo.ID(s.key.BlobID(data))
 	if s.idx.Has(t, id) {
 		return id, true, nil
@@ -272,15 +288,16 @@ func (s *Store) SaveBlob(ctx context.Context, t repo.BlobType, data []byte) (id 
 	*sealp = repo.Encode(append((*sealp)[:0], make([]byte, crypto.NonceSize)...), data, comp)
 	*sealp = s.key.SealInPlace(*sealp, repo.BlobAD(t, id))
 
+	pk := packer{t, lane}
 	s.mu.Lock()
-	w := s.packers[t]
+	w := s.packers[pk]
 	if w == nil {
 		if w, err = s.newWriter(t); err != nil {
 			s.mu.Unlock()
 			s.forgetKey(k)
 			return id, false, err
 		}
-		s.packers[t] = w
+		s.packers[pk] = w
 	}
 	w.Add(id, *sealp, len(data))
 	s.stats.Blobs[t]++
@@ -288,7 +305,7 @@ func (s *Store) SaveBlob(ctx context.Context, t repo.BlobType, data []byte) (id 
 	s.stats.PackedSize[t] += int64(len(*sealp))
 	full := w.Size() >= s.psize
 	if full {
-		s.packers[t] = nil
+		delete(s.packers, pk)
 	}
 	s.mu.Unlock()
 	if full {

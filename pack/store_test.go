@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -282,6 +283,54 @@ func TestStoreSeparatesTypes(t *testing.T) {
 	}
 	if types[repo.DataBlob] != 1 || types[repo.TreeBlob] != 1 {
 		t.Fatalf("packs per type: %v, want one each", types)
+	}
+}
+
+// Blobs saved in different lanes, alternately, end in a pack per lane, each
+// in the order they were saved: what a restore reading one lane's stream finds.
+func TestStoreLanes(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, mem.New())
+	s := newStore(t, r)
+	const lanes = 3
+	var order [lanes][]repo.ID
+	err := s.WithUploader(ctx, pack.Options{}, func(ctx context.Context) error {
+		for i := range 30 {
+			lane := i % lanes
+			id, _, err := s.SaveBlobIn(ctx, lane, repo.DataBlob, random(int64(i), 1000+i))
+			if err != nil {
+				return err
+			}
+			order[lane] = append(order[lane], id)
+			if _, _, err := s.SaveBlobIn(ctx, lane, repo.TreeBlob, random(int64(100+i), 50)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data [][]repo.ID
+	trees := 0
+	for _, bs := range packs(t, r) {
+		if bs[0].Type == repo.TreeBlob {
+			trees++
+			continue
+		}
+		ids := make([]repo.ID, len(bs))
+		for i, b := range bs {
+			ids[i] = b.ID
+		}
+		data = append(data, ids)
+	}
+	if trees != lanes || len(data) != lanes {
+		t.Fatalf("%d tree and %d data packs, want %d of each", trees, len(data), lanes)
+	}
+	for _, ids := range data {
+		if !slices.ContainsFunc(order[:], func(want []repo.ID) bool { return slices.Equal(ids, want) }) {
+			t.Errorf("a data pack holds %d blobs that are not one lane's, in order", len(ids))
+		}
 	}
 }
 

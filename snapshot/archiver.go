@@ -122,11 +122,13 @@ type fileJob struct {
 	node *Node
 	prev *Node
 	fut  *future
+	lane int // of the walker that found the file (pack.Store.SaveBlobIn)
 }
 
 type blobJob struct {
 	data *[]byte
 	id   *repo.ID
+	lane int
 	wg   *sync.WaitGroup
 	err  *atomic.Pointer[error]
 }
@@ -145,9 +147,10 @@ type archiver struct {
 
 	files chan fileJob
 	blobs chan blobJob
-	// walkers holds a token per directory walked on its own goroutine;
-	// walking counts those goroutines, which may send to files.
-	walkers chan struct{}
+	// lanes holds the free lanes (1 and up) of directories walked on their
+	// own goroutines, whose files fill packs of their own; the first walker
+	// has lane 0. walking counts those goroutines, which may send to files.
+	lanes   chan int
 	walking sync.WaitGroup
 	bufs    sync.Pool
 
@@ -279,7 +282,10 @@ func (a *archiver) run(ctx context.Context, start time.Time, parentTree *Tree) (
 
 	var rootTree *Tree
 	var paths []string
-	a.walkers = make(chan struct{}, min(8, 2*cores))
+	a.lanes = make(chan int, min(8, 2*cores))
+	for lane := 1; lane <= cap(a.lanes); lane++ {
+		a.lanes <- lane
+	}
 	g.Go(func() error {
 		defer close(a.files)
 		defer a.walking.Wait() // no walker may send to a closed files
@@ -463,7 +469,7 @@ func (a *archiver) archivePaths(ctx context.Context, parentRoot *Tree) (*Tree, [
 		if err := unix.Fstat(fd, &st); err != nil {
 			return nil, nil, fmt.Errorf("stat /: %w", err)
 		}
-		fut, err := a.saveDir(ctx, fd, "", nodeFromStat([]byte("/"), &st), parentRoot, st.Dev, nil)
+		fut, err := a.saveDir(ctx, fd, 0, "", nodeFromStat([]byte("/"), &st), parentRoot, st.Dev, nil)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -506,7 +512,7 @@ func (a *archiver) saveVdir(ctx context.Context, d *vdir, path string, parent *T
 				a.report(p, err)
 				continue
 			}
-			f, err := a.saveEntry(ctx, dirfd, name, p, prev, st.Dev)
+			f, err := a.saveEntry(ctx, dirfd, 0, name, p, prev, st.Dev)
 			unix.Close(dirfd)
 			if err != nil {
 				return nil, err
@@ -552,7 +558,7 @@ func (a *archiver) saveVdir(ctx context.Context, d *vdir, path string, parent *T
 }
 
 // saveEntry archives one directory entry found in dirfd.
-func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, prev *Node, dev uint64) (*future, error) {
+func (a *archiver) saveEntry(ctx context.Context, dirfd, lane int, name, path string, prev *Node, dev uint64) (*future, error) {
 	st, err := lstatAt(dirfd, name)
 	if err != nil {
 		a.report(path, err)
@@ -587,7 +593,7 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 		a.count(prev, prev != nil && !bytes.Equal(prev.Link, n.Link))
 		return resolved(n), nil
 	case TypeFile:
-		return a.saveFile(ctx, dirfd, name, path, n, prev, !keepXattrs)
+		return a.saveFile(ctx, dirfd, lane, name, path, n, prev, !keepXattrs)
 	case TypeDir:
 		var prevTree *Tree
 		if prev != nil {
@@ -620,16 +626,16 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 			}
 		}
 		select {
-		case a.walkers <- struct{}{}:
+		case lane := <-a.lanes:
 			// A free walker takes the directory: trees of many small
 			// directories are walked on several cores.
 			out := newFuture()
 			a.walking.Add(1)
 			go func() {
 				defer a.walking.Done()
-				defer func() { <-a.walkers }()
+				defer func() { a.lanes <- lane }()
 				defer unix.Close(fd)
-				f, err := a.saveDir(ctx, fd, path, n, prevTree, dev, prev)
+				f, err := a.saveDir(ctx, fd, lane, path, n, prevTree, dev, prev)
 				if err != nil {
 					a.fail(err)
 					out.resolve(nil)
@@ -644,7 +650,7 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 			return out, nil
 		default:
 			defer unix.Close(fd)
-			return a.saveDir(ctx, fd, path, n, prevTree, dev, prev)
+			return a.saveDir(ctx, fd, lane, path, n, prevTree, dev, prev)
 		}
 	default:
 		a.nfiles.Add(1)
@@ -670,7 +676,7 @@ func (a *archiver) count(prev *Node, changed bool) {
 // saveDir archives the directory open as fd. The returned future resolves
 // once every entry below is stored and the directory's tree is saved; the
 // walk goes on meanwhile.
-func (a *archiver) saveDir(ctx context.Context, fd int, path string, n *Node, prevTree *Tree, dev uint64, prev *Node) (*future, error) {
+func (a *archiver) saveDir(ctx context.Context, fd, lane int, path string, n *Node, prevTree *Tree, dev uint64, prev *Node) (*future, error) {
 	names, err := readDirNames(fd)
 	if err != nil {
 		a.report(path, err)
@@ -684,7 +690,7 @@ func (a *archiver) saveDir(ctx context.Context, fd int, path string, n *Node, pr
 		if prevTree != nil {
 			pn = prevTree.Find([]byte(name))
 		}
-		f, err := a.saveEntry(ctx, fd, name, path+"/"+name, pn, dev)
+		f, err := a.saveEntry(ctx, fd, lane, name, path+"/"+name, pn, dev)
 		if err != nil {
 			return nil, err
 		}
@@ -764,7 +770,7 @@ func (a *archiver) unchanged(n, prev *Node) bool {
 	return true
 }
 
-func (a *archiver) saveFile(ctx context.Context, dirfd int, name, path string, n, prev *Node, readX bool) (*future, error) {
+func (a *archiver) saveFile(ctx context.Context, dirfd, lane int, name, path string, n, prev *Node, readX bool) (*future, error) {
 	a.nfiles.Add(1)
 	if a.unchanged(n, prev) {
 		n.Content = prev.Content
@@ -784,7 +790,7 @@ func (a *archiver) saveFile(ctx context.Context, dirfd int, name, path string, n
 	}
 	f := newFuture()
 	select {
-	case a.files <- fileJob{file: fdFile(fd), path: path, node: n, prev: prev, fut: f}:
+	case a.files <- fileJob{file: fdFile(fd), path: path, node: n, prev: prev, fut: f, lane: lane}:
 		return f, nil
 	case <-ctx.Done():
 		unix.Close(fd)
@@ -808,9 +814,9 @@ func (a *archiver) fileWorker(ctx context.Context) error {
 		var size int64
 		var readErr, err error
 		if spread {
-			content, size, readErr, err = a.readContent(ctx, ch, r, true)
+			content, size, readErr, err = a.readContent(ctx, ch, job.lane, r, true)
 		} else {
-			content, size, readErr, err = a.readSmall(ctx, ch, job.file)
+			content, size, readErr, err = a.readSmall(ctx, ch, job.lane, job.file)
 		}
 		if job.file != nil {
 			job.file.Close()
@@ -836,7 +842,7 @@ func (a *archiver) fileWorker(ctx context.Context) error {
 // size, read straight into the blob buffer: the chunker would copy it through
 // a buffer of its own only to find no cut. A file that has since grown to the
 // minimum goes through the chunker after all.
-func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, f io.Reader) (content []repo.ID, size int64, readErr, err error) {
+func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, lane int, f io.Reader) (content []repo.ID, size int64, readErr, err error) {
 	bp := a.bufs.Get().(*[]byte)
 	defer a.bufs.Put(bp)
 	minSize := int(a.cfg.ChunkMin)
@@ -845,14 +851,14 @@ func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, f io.Reader
 	data := (*bp)[:n]
 	switch {
 	case rerr == nil:
-		return a.readContent(ctx, ch, io.MultiReader(bytes.NewReader(data), f), false)
+		return a.readContent(ctx, ch, lane, io.MultiReader(bytes.NewReader(data), f), false)
 	case errors.Is(rerr, io.EOF):
 		return []repo.ID{}, 0, nil, nil // as the chunker gives it: no chunks
 	case !errors.Is(rerr, io.ErrUnexpectedEOF):
 		return nil, 0, rerr, nil
 	}
 	a.bytes.Add(int64(n))
-	id, _, err := a.store.SaveBlob(ctx, repo.DataBlob, data)
+	id, _, err := a.store.SaveBlobIn(ctx, lane, repo.DataBlob, data)
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -861,7 +867,7 @@ func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, f io.Reader
 
 // readContent chunks r and stores the chunks. readErr is a failure of the
 // source (the file is skipped); err is fatal (the repository failed).
-func (a *archiver) readContent(ctx context.Context, ch *chunk.Chunker, r io.Reader, spread bool) (content []repo.ID, size int64, readErr, err error) {
+func (a *archiver) readContent(ctx context.Context, ch *chunk.Chunker, lane int, r io.Reader, spread bool) (content []repo.ID, size int64, readErr, err error) {
 	ch.Reset(r)
 	var wg sync.WaitGroup
 	var firstErr atomic.Pointer[error]
@@ -884,7 +890,7 @@ func (a *archiver) readContent(ctx context.Context, ch *chunk.Chunker, r io.Read
 		id := new(repo.ID)
 		ids = append(ids, id)
 		if !spread {
-			*id, _, err = a.store.SaveBlob(ctx, repo.DataBlob, data)
+			*id, _, err = a.store.SaveBlobIn(ctx, lane, repo.DataBlob, data)
 			a.bufs.Put(bp)
 			if err != nil {
 				wg.Wait()
@@ -894,7 +900,7 @@ func (a *archiver) readContent(ctx context.Context, ch *chunk.Chunker, r io.Read
 		}
 		wg.Add(1)
 		select {
-		case a.blobs <- blobJob{data: bp, id: id, wg: &wg, err: &firstErr}:
+		case a.blobs <- blobJob{data: bp, id: id, lane: lane, wg: &wg, err: &firstErr}:
 		case <-ctx.Done():
 			wg.Done()
 			a.bufs.Put(bp)
@@ -918,7 +924,7 @@ func (a *archiver) readContent(ctx context.Context, ch *chunk.Chunker, r io.Read
 
 func (a *archiver) blobWorker(ctx context.Context) error {
 	for job := range a.blobs {
-		id, _, err := a.store.SaveBlob(ctx, repo.DataBlob, *job.data)
+		id, _, err := a.store.SaveBlobIn(ctx, job.lane, repo.DataBlob, *job.data)
 		*job.id = id
 		if err != nil {
 			job.err.CompareAndSwap(nil, &err)

@@ -281,7 +281,7 @@ func (a *objectArchiver) objectWorker(ctx context.Context) error {
 			job.fut.resolve(nil)
 			continue
 		}
-		content, size, readErr, err := a.readContent(ctx, ch, rc, true)
+		content, size, readErr, err := a.readContent(ctx, ch, 0, rc, true)
 		rc.Close()
 		if err != nil {
 			job.fut.resolve(nil)

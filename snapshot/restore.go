@@ -582,12 +582,10 @@ func (r *restorer) linkTo(first string, dfd int, name string) error {
 	return unix.Linkat(fd, els[len(els)-1], dfd, name, 0)
 }
 
-// A batch is a run of files in tree order. Backups store blobs in about that
-// order, so a batch's blobs lie in few packs: a worker reads each stretch of
-// a pack that the batch needs once rather than one blob at a time. The
-// backup's walkers fill a pack from several directories at once, so other
-// batches read the stretches in between (docs/benchmarks.md, "Restoring
-// from S3").
+// A batch is a run of files in tree order. Each of a backup's walkers fills
+// packs of its own, in tree order, so a batch's blobs lie in few packs, close
+// together: a worker reads each such stretch once rather than one blob at a
+// time. Content shared with files elsewhere is read where it was stored.
 const (
 	batchFiles = 128      // open files waiting in one batch (two descriptors each)
 	batchBytes = 8 << 20  // content bytes in one batch
