@@ -128,6 +128,7 @@ type restorer struct {
 	jobs       chan []restoreJob
 	batch      []restoreJob // files created by the walk, not yet handed to a worker
 	batchBytes uint64
+	batchFiles int // files in a full batch (batchFilesFor)
 
 	mu       sync.Mutex
 	stats    RestoreStats
@@ -156,7 +157,7 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 	if opts.Workers <= 0 {
 		opts.Workers = max(4, 2*cores)
 	}
-	r := &restorer{store: store, opts: opts, links: map[[2]uint64]string{}}
+	r := &restorer{store: store, opts: opts, links: map[[2]uint64]string{}, batchFiles: batchFilesFor(opts.Workers)}
 	var err error
 	if r.incl, err = ParsePatterns(opts.Include, false); err != nil {
 		return RestoreStats{}, err
@@ -526,7 +527,7 @@ func (r *restorer) restoreEntry(ctx context.Context, d *dirState, dfd int, path 
 		}
 		r.batch = append(r.batch, restoreJob{dirfd: dup, name: name, fd: -1, path: path, node: n})
 		r.batchBytes += n.Size
-		if len(r.batch) >= batchFiles || r.batchBytes >= batchBytes {
+		if len(r.batch) >= r.batchFiles || r.batchBytes >= batchBytes {
 			return r.sendBatch(ctx)
 		}
 		return nil
@@ -585,13 +586,30 @@ func (r *restorer) linkTo(first string, dfd int, name string) error {
 // A batch is a run of files in tree order. Each of a backup's walkers fills
 // packs of its own, in tree order, so a batch's blobs lie in few packs, close
 // together: a worker reads each such stretch once rather than one blob at a
-// time. Content shared with files elsewhere is read where it was stored.
+// time. Content shared with files elsewhere is read where it was stored. The
+// larger the batch, the fewer the reads (a request each from S3): 512 files
+// and 32 MiB read the speed benchmark's tree in 1,402 requests, 128 and 8 MiB
+// in 2,508.
 const (
-	batchFiles = 128      // open files waiting in one batch (two descriptors each)
-	batchBytes = 8 << 20  // content bytes in one batch
+	batchBytes = 32 << 20 // content bytes in one batch
 	spanMax    = 2 << 20  // bytes read from a pack at once (a larger blob is read whole)
 	spanGap    = 64 << 10 // unneeded bytes worth reading through rather than seeking past
 )
+
+// batchFilesFor is how many files a batch holds, within the limit on open
+// descriptors: each file of a batch holds two (its own and its directory's)
+// until a worker is done with it, and workers+2 batches are open at once (one
+// per worker, one handed over, one being filled). Half the limit is left for
+// the rest.
+func batchFilesFor(workers int) int {
+	limit := uint64(1024)
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+		limit = rl.Cur
+	}
+	n := limit / 2 / uint64(2*(workers+2))
+	return int(min(max(n, 4), 512))
+}
 
 // sendParts creates a file larger than a batch and queues its content in
 // parts of about a batch each.

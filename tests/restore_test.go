@@ -82,6 +82,25 @@ func TestRestoreConnections(t *testing.T) {
 	}
 }
 
+// A restore sizes its batches of open files to the limit on descriptors.
+func TestRestoreFewDescriptors(t *testing.T) {
+	t.Parallel()
+	e := NewRepo(t)
+	src := filepath.Join(e.Dir, "src")
+	for i := range 1000 {
+		WriteFile(t, filepath.Join(src, fmt.Sprintf("d%d", i%10), fmt.Sprintf("%04d", i)), randomBytes(uint64(i), 50+i))
+	}
+	backupID(t, e, src)
+	target := filepath.Join(e.Dir, "target")
+	cmd := e.Cmd("restore", "latest", "--target", target)
+	// Soft and hard limit, so that the program cannot raise it.
+	cmd.Path, cmd.Args = "/bin/sh", append([]string{"sh", "-c", `ulimit -n 128 && exec "$0" "$@"`}, cmd.Args...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("restore with 128 descriptors: %v\n%s", err, out)
+	}
+	sameTree(t, src, restoredAt(target, src))
+}
+
 // restoredFiles lists the regular files below root, relative to it.
 func restoredFiles(t *testing.T, root string) []string {
 	t.Helper()
