@@ -626,16 +626,16 @@ func (a *archiver) saveEntry(ctx context.Context, dirfd, lane int, name, path st
 			}
 		}
 		select {
-		case lane := <-a.lanes:
+		case own := <-a.lanes:
 			// A free walker takes the directory: trees of many small
 			// directories are walked on several cores.
 			out := newFuture()
 			a.walking.Add(1)
 			go func() {
 				defer a.walking.Done()
-				defer func() { a.lanes <- lane }()
+				defer func() { a.lanes <- own }()
 				defer unix.Close(fd)
-				f, err := a.saveDir(ctx, fd, lane, path, n, prevTree, dev, prev)
+				f, err := a.saveDir(ctx, fd, own, path, n, prevTree, dev, prev)
 				if err != nil {
 					a.fail(err)
 					out.resolve(nil)
