@@ -10,7 +10,7 @@ import (
 )
 
 // BenchmarkChunker measures content-defined chunking with the repository's
-// default sizes (512 KiB min, 2^19 split: 1 MiB average, 8 MiB max) on
+// default sizes (512 KiB min, 2^17 split: 640 KiB average, 8 MiB max) on
 // random data.
 func BenchmarkChunker(b *testing.B) {
 	data := make([]byte, 64<<20)
@@ -19,7 +19,7 @@ func BenchmarkChunker(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := chunk.New(pol, 512<<10, 8<<20, 19)
+	c := chunk.New(pol, 512<<10, 8<<20, 17)
 	buf := make([]byte, 0, 8<<20)
 	b.SetBytes(int64(len(data)))
 	n := 0

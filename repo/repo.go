@@ -22,6 +22,16 @@ import (
 // FormatVersion is the repository format this code reads and writes.
 const FormatVersion = 1
 
+// Chunk sizes of a new repository: at least 512 KiB, then a cut where the
+// fingerprint has 17 low zero bits, so about 640 KiB on average. The
+// chunker skips the minimum and hashes only the rest, a fifth of the bytes
+// rather than half with 2^19 (docs/format.md).
+const (
+	DefaultChunkMin     = 512 << 10
+	DefaultChunkAvgBits = 17
+	DefaultChunkMax     = 8 << 20
+)
+
 var (
 	// ErrNoRepository means there is no config at the location.
 	ErrNoRepository = errors.New("repository does not exist")
@@ -92,7 +102,7 @@ func Init(ctx context.Context, be Backend, password []byte, opts InitOptions) (*
 	r := &Repo{be: be, key: crypto.NewRandomKey()}
 	r.cfg = Config{
 		Version: FormatVersion, Polynomial: pol,
-		ChunkMin: 512 << 10, ChunkAvgBits: 19, ChunkMax: 8 << 20,
+		ChunkMin: DefaultChunkMin, ChunkAvgBits: DefaultChunkAvgBits, ChunkMax: DefaultChunkMax,
 		PackSize: 16 << 20, Compression: opts.Compression,
 	}
 	if _, err := rand.Read(r.cfg.ID[:]); err != nil {

@@ -104,14 +104,14 @@ func main() {
 	}
 }
 
-// load reads every regular file under dir and cuts it with cairn's chunk
-// sizes (512 KiB min, 1 MiB average, 8 MiB max).
+// load reads every regular file under dir and cuts it with the chunk sizes
+// of a new repository.
 func load(dir string) (chunks [][]byte, total int, err error) {
 	pol, err := chunker.RandomPolynomial()
 	if err != nil {
 		return nil, 0, err
 	}
-	ch := chunk.New(pol, 512<<10, 8<<20, 19)
+	ch := chunk.New(pol, repo.DefaultChunkMin, repo.DefaultChunkMax, repo.DefaultChunkAvgBits)
 	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
