@@ -816,7 +816,7 @@ func (a *archiver) fileWorker(ctx context.Context) error {
 		if spread {
 			content, size, readErr, err = a.readContent(ctx, ch, job.lane, r, true)
 		} else {
-			content, size, readErr, err = a.readSmall(ctx, ch, job.lane, job.file)
+			content, size, readErr, err = a.readSmall(ctx, ch, job.lane, job.file, job.node.Size)
 		}
 		if job.file != nil {
 			job.file.Close()
@@ -839,23 +839,32 @@ func (a *archiver) fileWorker(ctx context.Context) error {
 }
 
 // readSmall stores a file that stat found smaller than the minimum chunk
-// size, read straight into the blob buffer: the chunker would copy it through
-// a buffer of its own only to find no cut. A file that has since grown to the
-// minimum goes through the chunker after all.
-func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, lane int, f io.Reader) (content []repo.ID, size int64, readErr, err error) {
+// size (statSize bytes), read straight into the blob buffer: the chunker
+// would copy it through a buffer of its own only to find no cut. A file that
+// has since grown to the minimum goes through the chunker after all.
+func (a *archiver) readSmall(ctx context.Context, ch *chunk.Chunker, lane int, f io.Reader, statSize uint64) (content []repo.ID, size int64, readErr, err error) {
 	bp := a.bufs.Get().(*[]byte)
 	defer a.bufs.Put(bp)
 	minSize := int(a.cfg.ChunkMin)
 	*bp = slices.Grow((*bp)[:0], minSize)
-	n, rerr := io.ReadFull(f, (*bp)[:minSize])
-	data := (*bp)[:n]
+	buf := (*bp)[:minSize]
+	// A regular file reads short only at its end, so one read that returns
+	// the size stat gave has read it all: the read that would return EOF is
+	// spared, a system call per small file.
+	n, rerr := f.Read(buf)
+	if rerr == nil && (n == len(buf) || uint64(n) != statSize) {
+		var more int
+		more, rerr = io.ReadFull(f, buf[n:])
+		n += more
+	}
+	data := buf[:n]
 	switch {
-	case rerr == nil:
-		return a.readContent(ctx, ch, lane, io.MultiReader(bytes.NewReader(data), f), false)
-	case errors.Is(rerr, io.EOF):
-		return []repo.ID{}, 0, nil, nil // as the chunker gives it: no chunks
-	case !errors.Is(rerr, io.ErrUnexpectedEOF):
+	case rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, io.ErrUnexpectedEOF):
 		return nil, 0, rerr, nil
+	case n == len(buf):
+		return a.readContent(ctx, ch, lane, io.MultiReader(bytes.NewReader(data), f), false)
+	case n == 0:
+		return []repo.ID{}, 0, nil, nil // as the chunker gives it: no chunks
 	}
 	a.bytes.Add(int64(n))
 	id, _, err := a.store.SaveBlobIn(ctx, lane, repo.DataBlob, data)

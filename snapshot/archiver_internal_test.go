@@ -1,0 +1,101 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"testing"
+	"testing/iotest"
+
+	"github.com/cairn-backup/cairn/chunk"
+	"github.com/cairn-backup/cairn/crypto"
+	"github.com/cairn-backup/cairn/index"
+	"github.com/cairn-backup/cairn/pack"
+	"github.com/cairn-backup/cairn/repo"
+	"github.com/cairn-backup/cairn/repo/mem"
+)
+
+// countingReader counts the reads made of it.
+type countingReader struct {
+	r     io.Reader
+	reads int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	c.reads++
+	return c.r.Read(p)
+}
+
+// A small file is stored whole however its reads come back and whatever
+// stat said of its size, and a file read whole in one call that matches
+// its stat size costs that one call.
+func TestReadSmall(t *testing.T) {
+	ctx := context.Background()
+	r, err := repo.Init(ctx, mem.New(), []byte("pw"), repo.InitOptions{KDF: crypto.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := index.Load(ctx, r, index.Options{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idx.Close()
+	store := pack.NewStore(r, idx)
+	cfg := r.Config()
+	a := &archiver{store: store, cfg: cfg}
+	a.bufs.New = func() any { b := make([]byte, 0, 2<<20); return &b }
+	ch := chunk.New(cfg.Polynomial, cfg.ChunkMin, cfg.ChunkMax, cfg.ChunkAvgBits)
+
+	data := make([]byte, 3000)
+	_, _ = rand.NewChaCha8([32]byte{7}).Read(data)
+	for _, tc := range []struct {
+		name      string
+		r         io.Reader
+		statSize  uint64
+		want      []byte
+		wantReads int // 0: not checked
+	}{
+		{"read at once", bytes.NewReader(data), 3000, data, 1},
+		{"short reads", iotest.OneByteReader(bytes.NewReader(data)), 3000, data, 0},
+		{"grown since stat", bytes.NewReader(data), 1000, data, 0},
+		{"shrunk since stat", bytes.NewReader(data), 5000, data, 0},
+		{"read at once, then an error", iotest.DataErrReader(bytes.NewReader(data)), 3000, data, 0},
+		{"empty", bytes.NewReader(nil), 0, nil, 0},
+		{"emptied since stat", bytes.NewReader(nil), 3000, nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cr := &countingReader{r: tc.r}
+			var content []repo.ID
+			var size int64
+			err := store.WithUploader(ctx, pack.Options{}, func(ctx context.Context) error {
+				var readErr, err error
+				content, size, readErr, err = a.readSmall(ctx, ch, 0, cr, tc.statSize)
+				if readErr != nil {
+					return readErr
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if size != int64(len(tc.want)) {
+				t.Fatalf("size %d, want %d", size, len(tc.want))
+			}
+			var got []byte
+			for _, id := range content {
+				b, err := store.LoadBlob(ctx, repo.DataBlob, id, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, b...)
+			}
+			if !bytes.Equal(got, tc.want) {
+				t.Fatalf("stored %d bytes, not the file's %d", len(got), len(tc.want))
+			}
+			if tc.wantReads > 0 && cr.reads != tc.wantReads {
+				t.Fatalf("%d reads, want %d", cr.reads, tc.wantReads)
+			}
+		})
+	}
+}
