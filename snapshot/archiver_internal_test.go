@@ -3,8 +3,12 @@ package snapshot
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"testing/iotest"
 
@@ -14,6 +18,7 @@ import (
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
 	"github.com/cairn-backup/cairn/repo/mem"
+	"golang.org/x/sys/unix"
 )
 
 // countingReader counts the reads made of it.
@@ -97,5 +102,36 @@ func TestReadSmall(t *testing.T) {
 				t.Fatalf("%d reads, want %d", cr.reads, tc.wantReads)
 			}
 		})
+	}
+}
+
+// A directory whose entries take several getdents calls is listed whole.
+func TestReadDirNamesMany(t *testing.T) {
+	dir := t.TempDir()
+	want := map[string]bool{}
+	for i := range 3000 {
+		name := fmt.Sprintf("%04d-%s", i, strings.Repeat("n", 60))
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		want[name] = true
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	names, err := readDirNames(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != len(want) {
+		t.Fatalf("%d names, want %d", len(names), len(want))
+	}
+	for _, n := range names {
+		if !want[n] {
+			t.Fatalf("unexpected name %q", n)
+		}
+		delete(want, n)
 	}
 }
