@@ -96,13 +96,36 @@ type cache struct {
 	// while one is open, so update ends the kept ones before it writes and
 	// none is kept while a write runs or after one it overlapped (txGen).
 	txMu      sync.Mutex
-	txIdle    []*bolt.Tx
+	txIdle    []*readTxn
 	txGen     uint64 // writes ended
 	txWriters int    // writes running; above 0 for good once closed
 }
 
 // maxIdleTx bounds the kept read transactions: one per concurrent lookup.
 const maxIdleTx = 16
+
+// readTxn is a kept read transaction with the blob buckets it has found. A
+// read-only bbolt transaction does not remember its buckets, and finding a
+// segment's again took three searches of the file per lookup, more than the
+// lookup itself.
+type readTxn struct {
+	tx    *bolt.Tx
+	blobs map[[8]byte]*bolt.Bucket // segment name -> its blobs; nil: gone
+}
+
+// blobsOf returns the blob bucket of segment name, nil if the segment is
+// not in this transaction's view of the file.
+func (t *readTxn) blobsOf(name [8]byte) *bolt.Bucket {
+	if b, ok := t.blobs[name]; ok {
+		return b
+	}
+	var b *bolt.Bucket
+	if seg := t.tx.Bucket(bucketSegments).Bucket(name[:]); seg != nil {
+		b = seg.Bucket(keyBlobs)
+	}
+	t.blobs[name] = b
+	return b
+}
 
 func openCache(path string) (*cache, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -276,38 +299,41 @@ func (c *cache) endIdle() {
 	idle := c.txIdle
 	c.txIdle = nil
 	c.txMu.Unlock()
-	for _, tx := range idle {
-		_ = tx.Rollback()
+	for _, t := range idle {
+		_ = t.tx.Rollback()
 	}
 }
 
 // readTx returns a read transaction, kept or new, and the count of writes
 // ended when it was taken.
-func (c *cache) readTx() (*bolt.Tx, uint64, error) {
+func (c *cache) readTx() (*readTxn, uint64, error) {
 	c.txMu.Lock()
 	gen := c.txGen
 	if n := len(c.txIdle); n > 0 {
-		tx := c.txIdle[n-1]
+		t := c.txIdle[n-1]
 		c.txIdle = c.txIdle[:n-1]
 		c.txMu.Unlock()
-		return tx, gen, nil
+		return t, gen, nil
 	}
 	c.txMu.Unlock()
 	tx, err := c.db.Begin(false)
-	return tx, gen, err
+	if err != nil {
+		return nil, gen, err
+	}
+	return &readTxn{tx: tx, blobs: map[[8]byte]*bolt.Bucket{}}, gen, nil
 }
 
 // doneTx keeps tx for another lookup if no write has run since it was
 // taken: it then sees everything committed.
-func (c *cache) doneTx(tx *bolt.Tx, gen uint64) {
+func (c *cache) doneTx(t *readTxn, gen uint64) {
 	c.txMu.Lock()
 	keep := gen == c.txGen && c.txWriters == 0 && len(c.txIdle) < maxIdleTx
 	if keep {
-		c.txIdle = append(c.txIdle, tx)
+		c.txIdle = append(c.txIdle, t)
 	}
 	c.txMu.Unlock()
 	if !keep {
-		_ = tx.Rollback()
+		_ = t.tx.Rollback()
 	}
 }
 
@@ -616,24 +642,23 @@ func (c *cache) get(k key, dst []byte) ([]byte, bool) {
 	if len(maybe) == 0 {
 		return nil, false
 	}
-	tx, gen, err := c.readTx()
+	t, gen, err := c.readTx()
 	if err != nil {
 		return nil, false
 	}
 	var out []byte
 	found := false
-	segs := tx.Bucket(bucketSegments)
 	for _, s := range maybe {
-		seg := segs.Bucket(s.name[:])
-		if seg == nil {
+		blobs := t.blobsOf(s.name)
+		if blobs == nil {
 			continue // merged away since: a newer segment holds it
 		}
-		if v := seg.Bucket(keyBlobs).Get(k[:]); v != nil {
+		if v := blobs.Get(k[:]); v != nil {
 			out, found = append(dst, v...), true
 			break
 		}
 	}
-	c.doneTx(tx, gen)
+	c.doneTx(t, gen)
 	if !found && c.merged(maybe) {
 		// A merge replaced a segment between the two steps: ask again.
 		return c.get(k, dst)
