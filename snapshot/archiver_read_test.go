@@ -1,4 +1,4 @@
-package snapshot
+package snapshot_test
 
 import (
 	"bytes"
@@ -12,12 +12,9 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/cairn-backup/cairn/chunk"
-	"github.com/cairn-backup/cairn/crypto"
-	"github.com/cairn-backup/cairn/index"
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
-	"github.com/cairn-backup/cairn/repo/mem"
+	"github.com/cairn-backup/cairn/snapshot"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,20 +34,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // its stat size costs that one call.
 func TestReadSmall(t *testing.T) {
 	ctx := context.Background()
-	r, err := repo.Init(ctx, mem.New(), []byte("pw"), repo.InitOptions{KDF: crypto.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx, err := index.Load(ctx, r, index.Options{CacheDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idx.Close()
-	store := pack.NewStore(r, idx)
-	cfg := r.Config()
-	a := &archiver{store: store, cfg: cfg}
-	a.bufs.New = func() any { b := make([]byte, 0, 2<<20); return &b }
-	ch := chunk.New(cfg.Polynomial, cfg.ChunkMin, cfg.ChunkMax, cfg.ChunkAvgBits)
+	store := newMemStore(t)
 
 	data := make([]byte, 3000)
 	_, _ = rand.NewChaCha8([32]byte{7}).Read(data)
@@ -75,7 +59,7 @@ func TestReadSmall(t *testing.T) {
 			var size int64
 			err := store.WithUploader(ctx, pack.Options{}, func(ctx context.Context) error {
 				var readErr, err error
-				content, size, readErr, err = a.readSmall(ctx, ch, 0, cr, tc.statSize)
+				content, size, readErr, err = snapshot.ReadSmall(ctx, store, cr, tc.statSize)
 				if readErr != nil {
 					return readErr
 				}
@@ -121,7 +105,7 @@ func TestReadDirNamesMany(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	names, err := readDirNames(fd)
+	names, err := snapshot.ReadDirNames(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
