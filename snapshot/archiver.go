@@ -170,7 +170,7 @@ type archiver struct {
 // snapshot is written only after every pack and index file it needs.
 func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapshot, error) {
 	start := time.Now()
-	a := &archiver{store: store, opts: opts, cfg: store.Repo().Config()}
+	a := newArchiver(store, opts)
 	if opts.ReadConcurrency <= 0 {
 		a.opts.ReadConcurrency = max(4, 2*cores)
 	}
@@ -209,11 +209,24 @@ func Backup(ctx context.Context, store *pack.Store, opts BackupOptions) (*Snapsh
 	return a.save(ctx, start, before, rootID, paths)
 }
 
-// prepare readies the buffers and the store for a backup and loads the
-// parent's root tree, if there is a parent. It returns the store's counts
-// before the backup, from which save computes what it added.
-func (a *archiver) prepare(ctx context.Context) (*Tree, pack.Stats, error) {
+// newArchiver returns an archiver storing into store, its chunk buffers
+// pooled.
+func newArchiver(store *pack.Store, opts BackupOptions) *archiver {
+	a := &archiver{store: store, opts: opts, cfg: store.Repo().Config()}
 	a.bufs.New = func() any { b := make([]byte, 0, 2<<20); return &b }
+	return a
+}
+
+// newChunker returns a chunker with the repository's chunk sizes, one per
+// reading goroutine.
+func (a *archiver) newChunker() *chunk.Chunker {
+	return chunk.New(a.cfg.Polynomial, a.cfg.ChunkMin, a.cfg.ChunkMax, a.cfg.ChunkAvgBits)
+}
+
+// prepare readies the store for a backup and loads the parent's root tree,
+// if there is a parent. It returns the store's counts before the backup,
+// from which save computes what it added.
+func (a *archiver) prepare(ctx context.Context) (*Tree, pack.Stats, error) {
 	a.store.SetDryRun(a.opts.DryRun)
 	before := a.store.Stats()
 	if a.opts.Parent == nil {
@@ -802,7 +815,7 @@ func (a *archiver) saveFile(ctx context.Context, dirfd, lane int, name, path str
 // workers. Files smaller than one chunk are stored right here: a hand-off
 // would cost more than it spreads.
 func (a *archiver) fileWorker(ctx context.Context) error {
-	ch := chunk.New(a.cfg.Polynomial, a.cfg.ChunkMin, a.cfg.ChunkMax, a.cfg.ChunkAvgBits)
+	ch := a.newChunker()
 	for job := range a.files {
 		a.current.Store(&job.path)
 		var r io.Reader = job.src

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cairn-backup/cairn/chunk"
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
 	"golang.org/x/sync/errgroup"
@@ -94,7 +93,7 @@ type objectArchiver struct {
 func BackupObjects(ctx context.Context, store *pack.Store, opts BackupOptions, src ObjectSource) (*Snapshot, error) {
 	start := time.Now()
 	a := &objectArchiver{
-		archiver: &archiver{store: store, opts: opts, cfg: store.Repo().Config()},
+		archiver: newArchiver(store, opts),
 		src:      src, uid: uint32(os.Getuid()), gid: uint32(os.Getgid()),
 	}
 	a.owner[0], a.owner[1] = lookupNames(a.uid, a.gid)
@@ -268,7 +267,7 @@ func (a *objectArchiver) sameObject(o Object, prev *Node) bool {
 // objectWorker downloads objects, chunks them and hands the chunks to the
 // blob workers.
 func (a *objectArchiver) objectWorker(ctx context.Context) error {
-	ch := chunk.New(a.cfg.Polynomial, a.cfg.ChunkMin, a.cfg.ChunkMax, a.cfg.ChunkAvgBits)
+	ch := a.newChunker()
 	for job := range a.jobs {
 		a.current.Store(&job.path)
 		rc, o, err := a.src.Open(ctx, job.obj.Key)
