@@ -49,13 +49,20 @@ func (s BlobSet) Has(t repo.BlobType, id repo.ID) bool {
 type PruneOptions struct {
 	// MaxUnused is how much of the repository, in percent, may stay unused
 	// in packs kept as they are; packs with the most unused space are
-	// repacked until the rest is within it. 100 repacks nothing; 0 repacks
-	// every pack that holds anything unused.
+	// repacked until the rest is within it. 100 repacks nothing, not even
+	// small packs (see mergeSmall); 0 repacks every pack that holds anything
+	// unused.
 	MaxUnused float64
 	// IndexFileBlobs bounds the blobs one new index file lists (default
 	// index.FlushEvery).
 	IndexFileBlobs int
 }
+
+// mergeSmall is how many small packs of one type a prune lets stand before
+// it merges them: few enough to keep a nightly repository's pack count in
+// check, many enough that a prune does not rewrite the last night's packs
+// every time.
+const mergeSmall = 10
 
 // PruneStats describes a prune: what PlanPrune found and what Prune does
 // (or would do).
@@ -295,27 +302,52 @@ func (s *Store) PlanPrune(ctx context.Context, used BlobSet, opts PruneOptions) 
 		}
 		return float64(unused)*100 <= float64(st.UsedBytes+unused)*opts.MaxUnused
 	}
-	for _, p := range candidates {
-		if limit() {
-			break
-		}
+	gone := map[repo.ID]bool{}
+	for _, id := range plan.remove {
+		gone[id] = true
+	}
+	repack := func(p *prunePack) {
 		slices.SortFunc(p.keepers, func(a, b repo.PackedBlob) int { return cmp.Compare(a.Offset, b.Offset) })
 		plan.repack = append(plan.repack, p)
 		plan.remove = append(plan.remove, p.id)
 		plan.actions = append(plan.actions, PackAction{Pack: p.id, Action: "repack", Size: p.size, Used: p.used})
+		gone[p.id] = true
 		unused -= p.unused
 		st.PacksRepacked++
 		st.BlobsRepacked += len(p.keepers)
 		st.BytesRepacked += p.used
 		plan.rewriteIndex = true
 	}
+	for _, p := range candidates {
+		if limit() {
+			break
+		}
+		repack(p)
+	}
+
+	// Every backup ends with a few partial packs (one per walker and blob
+	// type), so small packs pile up night after night: once a type has
+	// mergeSmall of them, under half the pack size each, they are merged.
+	// A MaxUnused of 100 repacks nothing, these included.
+	if opts.MaxUnused < 100 {
+		small := map[repo.BlobType][]*prunePack{}
+		for _, p := range present {
+			if !gone[p.id] && p.used > 0 && p.size < int64(s.psize)/2 {
+				t := p.keepers[0].Type
+				small[t] = append(small[t], p)
+			}
+		}
+		for _, t := range []repo.BlobType{repo.DataBlob, repo.TreeBlob} {
+			if len(small[t]) >= mergeSmall {
+				for _, p := range small[t] {
+					repack(p)
+				}
+			}
+		}
+	}
 
 	// Kept packs keep all their entries, unused ones too: a later backup
 	// can still use them, and a later prune still counts them.
-	gone := map[repo.ID]bool{}
-	for _, id := range plan.remove {
-		gone[id] = true
-	}
 	for _, p := range present {
 		if !gone[p.id] {
 			plan.keep = append(plan.keep, p)

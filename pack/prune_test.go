@@ -382,3 +382,42 @@ func TestPruneIndexOverlap(t *testing.T) {
 	}
 	wantLoadable(t, r, blobs[:2])
 }
+
+// TestPruneMergesSmallPacks: once a type has ten packs under half the pack
+// size, a prune merges them; fewer stay, and --max-unused 100 repacks none.
+func TestPruneMergesSmallPacks(t *testing.T) {
+	cases := []struct {
+		dataPacks int
+		maxUnused float64
+		wantPacks int // after the prune, the 3 tree packs included
+	}{
+		{12, 5, 1 + 3},
+		{12, 0, 1 + 3},
+		{12, 100, 12 + 3},
+		{9, 5, 9 + 3},
+	}
+	for _, tc := range cases {
+		ctx := context.Background()
+		be := mem.New()
+		r := newRepo(t, be)
+		s := newStore(t, r)
+		var lists [][]savedBlob
+		for i := range tc.dataPacks {
+			lists = append(lists, savePack(t, s, repo.DataBlob, int64(100*i), 3000, 3000))
+		}
+		for i := range 3 {
+			lists = append(lists, savePack(t, s, repo.TreeBlob, int64(10000+100*i), 500))
+		}
+		plan, err := s.PlanPrune(ctx, usedSet(lists...), pack.PruneOptions{MaxUnused: tc.maxUnused})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Prune(ctx, plan, nil); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(t, be, repo.PackFile); n != tc.wantPacks {
+			t.Errorf("%d small data packs, max-unused %g: %d packs after prune, want %d", tc.dataPacks, tc.maxUnused, n, tc.wantPacks)
+		}
+		wantLoadable(t, r, lists...)
+	}
+}

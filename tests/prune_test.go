@@ -196,3 +196,35 @@ func TestPruneRefuses(t *testing.T) {
 		t.Fatalf("prune changed a damaged repository:\nbefore %v\nafter  %v", before, after)
 	}
 }
+
+// TestPruneMergesSmallPacks: nightly backups of a little change each leave
+// small packs behind; a prune with the default settings merges them, and
+// every snapshot still restores.
+func TestPruneMergesSmallPacks(t *testing.T) {
+	t.Parallel()
+	e := NewRepo(t)
+	src := filepath.Join(e.Dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	var states []map[string]string
+	for night := range 12 {
+		writeRandomFile(t, filepath.Join(src, fmt.Sprintf("night%02d", night)), uint64(night+1), 20<<10)
+		ids = append(ids, backupID(t, e, src))
+		states = append(states, treeState(t, src))
+	}
+	before := len(repoFiles(t, e, repo.PackFile))
+	if before < 24 {
+		t.Fatalf("%d packs after 12 backups, want at least a data and a tree pack each", before)
+	}
+	sum := pruneSummary(t, e)
+	if intField(t, sum, "packs_repacked") < 24 || intField(t, sum, "packs_deleted") != 0 {
+		t.Errorf("prune summary %v: want the small packs repacked and none deleted", sum)
+	}
+	if after := len(repoFiles(t, e, repo.PackFile)); after > 2 {
+		t.Errorf("%d packs after prune, %d before: want one per blob type", after, before)
+	}
+	e.Must("check", "--read-data")
+	wantRestores(t, e, src, ids, states)
+}

@@ -18,10 +18,10 @@ import (
 func newPruneCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "prune",
-		Usage: "remove data no snapshot references and repack packs that are mostly unused",
+		Usage: "remove data no snapshot references, repack packs that are mostly unused and merge small ones",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "print what would be removed, change nothing"},
-			&cli.StringFlag{Name: "max-unused", Value: "5", Usage: "leave up to `PERCENT` of the repository unused rather than repack for it (0 to 100, or \"unlimited\")"},
+			&cli.StringFlag{Name: "max-unused", Value: "5", Usage: "leave up to `PERCENT` of the repository unused rather than repack for it (0 to 100, or \"unlimited\": repack nothing, small packs included)"},
 		},
 		Action: runPrune,
 	}
