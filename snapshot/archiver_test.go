@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +31,12 @@ func newStore(t testing.TB) *pack.Store {
 	if err := be.Create(); err != nil {
 		t.Fatal(err)
 	}
+	return newStoreOn(t, be)
+}
+
+// newStoreOn makes a repository on be and a store on it.
+func newStoreOn(t testing.TB, be repo.Backend) *pack.Store {
+	t.Helper()
 	ctx := context.Background()
 	r, err := repo.Init(ctx, be, []byte("pw"), repo.InitOptions{KDF: crypto.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
@@ -209,9 +217,113 @@ func TestBackupStdin(t *testing.T) {
 	}
 }
 
-// A file larger than a restore batch is written in parts by several workers:
-// its content and metadata come out whole, and when a part fails the file is
-// removed, never left half written.
+// loadCounter counts the loads of each pack.
+type loadCounter struct {
+	repo.Backend
+	mu    sync.Mutex
+	loads map[string]int
+}
+
+func (c *loadCounter) Load(ctx context.Context, h repo.Handle, offset, length int64, fn func(io.Reader) error) error {
+	if h.Type == repo.PackFile {
+		c.mu.Lock()
+		c.loads[h.Name]++
+		c.mu.Unlock()
+	}
+	return c.Backend.Load(ctx, h, offset, length, fn)
+}
+
+func (c *loadCounter) Unwrap() repo.Backend { return c.Backend }
+
+// A restore reads each pack once, not once per file or per blob: the
+// content of many files, of a file spread over several packs and of files
+// sharing blobs comes from one request per pack.
+func TestRestoreReadsEachPackOnce(t *testing.T) {
+	ctx := context.Background()
+	be, err := local.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Create(); err != nil {
+		t.Fatal(err)
+	}
+	counter := &loadCounter{Backend: be, loads: map[string]int{}}
+	store := newStoreOn(t, counter)
+
+	src := t.TempDir()
+	rnd := rand.New(rand.NewSource(3))
+	files := map[string][]byte{}
+	add := func(name string, data []byte) {
+		files[name] = data
+		p := filepath.Join(src, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := make([]byte, 20<<20) // more than a pack
+	rnd.Read(big)
+	add("big", big)
+	shared := make([]byte, 3<<20)
+	rnd.Read(shared)
+	add("a/shared", shared)
+	add("b/shared-copy", shared)
+	for i := range 300 {
+		small := make([]byte, 1+rnd.Intn(8<<10))
+		rnd.Read(small)
+		add(filepath.Join("small", strconv.Itoa(i%7), strconv.Itoa(i)), small)
+	}
+	sn, err := snapshot.Backup(ctx, store, snapshot.BackupOptions{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataPacks := map[string]bool{}
+	for name := range files {
+		n, err := snapshot.FindNode(ctx, store, sn, filepath.Join(src, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range n.Content {
+			e, ok := store.Index().Lookup(repo.DataBlob, id)
+			if !ok {
+				t.Fatalf("%s: blob %s not in the index", name, id.Short())
+			}
+			dataPacks[e.Pack.String()] = true
+		}
+	}
+	if len(dataPacks) < 2 {
+		t.Fatalf("the content lies in %d pack; the test needs several", len(dataPacks))
+	}
+
+	counter.mu.Lock()
+	clear(counter.loads)
+	counter.mu.Unlock()
+	dst := t.TempDir()
+	st, err := snapshot.Restore(ctx, store, sn, snapshot.RestoreOptions{Target: dst, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Files != len(files) || st.Verified != len(files) {
+		t.Fatalf("restore stats %+v, want %d files verified", st, len(files))
+	}
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(dst, src, name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s restored wrong (%v)", name, err)
+		}
+	}
+	for p := range dataPacks {
+		if n := counter.loads[p]; n != 1 {
+			t.Errorf("data pack %s read %d times, want once", p[:8], n)
+		}
+	}
+}
+
+// A file whose blobs lie in several packs is written by several workers,
+// one per pack: its content and metadata come out whole, and when a pack
+// fails the file is removed, never left half written.
 func TestRestoreLargeFileInParts(t *testing.T) {
 	ctx := context.Background()
 	store := newStore(t)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,8 +37,9 @@ type RestoreOptions struct {
 	Overwrite string // OverwriteAlways (default), OverwriteIfChanged, OverwriteNever
 	Delete    bool   // remove files in the target that the snapshot lacks
 	Reporter  Reporter
-	// Workers is how many batches of files are written at once (default:
-	// twice the cores, at least 4: creating files waits on the journal).
+	// Workers is how many pack reads are served at once (default: twice
+	// the cores, at least 4: creating files waits on the journal, and
+	// remote loads on the network).
 	Workers int
 }
 
@@ -66,69 +69,102 @@ type dirState struct {
 	fresh bool
 }
 
-type restoreJob struct {
-	dirfd int // a duplicate, owned by the job; -1 in a part
+// restoreFile is a regular file of the snapshot: looked up and queued by
+// the walk, created by the first worker with content for it (creating a file
+// waits on the journal, so the workers do it in parallel), written by any
+// number of workers at once and finished by the last.
+type restoreFile struct {
+	dirfd int // a duplicate of its directory's descriptor, owned by the file
 	name  string
-	fd    int
 	path  string
 	node  *Node
-	part  *filePart // nil: the whole file
-}
-
-// bigFile is a file larger than a batch, created by the walk and written in
-// parts by several workers at once: one worker alone would restore a large
-// database dump at the speed of one core. The last part to finish finishes
-// the file.
-type bigFile struct {
-	job   restoreJob        // the whole file; its descriptors are shared by the parts
-	blobs []repo.PackedBlob // its content, as the walk looked it up
+	blobs []repo.PackedBlob // its content, from the index
+	slot  bool              // holds one unit of restorer.inFlight
 
 	mu   sync.Mutex
-	left int   // parts not done
-	err  error // the first part's failure
+	fd   int   // -1 until created
+	left int   // blobs not yet written
+	err  error // the first failure
 }
 
-// filePart is the piece of a bigFile one job writes: n content blobs from
-// the first one on, at offset off of the file.
-type filePart struct {
-	file     *bigFile
-	first, n int
-	off      int64
-}
-
-// errAbandoned marks a bigFile of which a part will never be written (the
-// restore was cancelled): the file is removed without a report.
+// errAbandoned marks a file of which some content will never be written (the
+// restore was cancelled): it is removed without a report.
 var errAbandoned = errors.New("restore cancelled")
 
-// done counts n parts of f as done, with err the failure of any of them; it
-// reports whether they were the last (so the caller, and only it, ends the
-// file) and the file's first failure.
-func (f *bigFile) done(n int, err error) (last bool, first error) {
+// create makes the file on first use and returns its descriptor, or the
+// file's first failure: a file that failed is not written any further.
+func (f *restoreFile) create(prealloc bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return -1, f.err
+	}
+	if f.fd >= 0 {
+		return f.fd, nil
+	}
+	fd, err := createAt(f.dirfd, f.name)
+	if err == nil && prealloc && len(f.blobs) > 1 && !f.node.Sparse {
+		f.fd = fd // removed by finish
+		err = preallocate(fd, int64(f.node.Size))
+	}
+	if err != nil {
+		f.err = err
+		return -1, err
+	}
+	f.fd = fd
+	return fd, nil
+}
+
+// done counts one blob of f as written, or failed with err; it reports
+// whether it was the last, so that the caller, and only it, finishes f.
+func (f *restoreFile) done(err error) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err == nil {
 		f.err = err
 	}
-	f.left -= n
-	return n > 0 && f.left == 0, f.err
+	f.left--
+	return f.left == 0
 }
 
-// abandon counts n parts of f as never to be written; the last part removes
-// the file.
-func (f *bigFile) abandon(n int) {
-	if last, _ := f.done(n, errAbandoned); last {
-		closeJobs([]restoreJob{f.job}, true)
-	}
+// need is one blob of one file.
+type need struct {
+	file *restoreFile
+	i    int   // index in file.blobs
+	off  int64 // offset in the file
+}
+
+func (n *need) blob() *repo.PackedBlob { return &n.file.blobs[n.i] }
+
+// A window is a run of files in tree order whose content is read together,
+// pack by pack. Each of a backup's walkers fills packs of its own in tree
+// order, so a window's blobs lie in few packs, close together, and its share
+// of each pack is read in one request (a gap of more than readGap starts
+// another), whatever number of files it goes to. The larger the window,
+// the fewer the requests: the speed benchmark's night-2 tree (63 packs)
+// takes 338 requests in windows of up to 1,666 files (an open-file limit of
+// 20,000), where batches of 512 files, each read by itself, took 1,588.
+type window struct {
+	needs []need
+	files int
+	bytes uint64
 }
 
 type restorer struct {
 	store      *pack.Store
 	opts       RestoreOptions
 	incl, excl *Patterns
-	jobs       chan []restoreJob
-	batch      []restoreJob // files created by the walk, not yet handed to a worker
-	batchBytes uint64
-	batchFiles int // files in a full batch (batchFilesFor)
+	windows    chan *window // from the walk to the dispatcher
+	requests   chan []need  // from the dispatcher to the workers: one pack's, by offset
+	// inFlight counts files queued and not finished (filesInFlight). A
+	// window reserves room for all its files when it starts, so that windows
+	// are full-size however fast files finish.
+	inFlight *semaphore.Weighted
+	win      *window // being filled by the walk
+	reserved int     // the part of win's reservation not yet used
+	winFiles int     // when to send win: these grow up to maxFiles
+	winBytes uint64
+	maxFiles int
 
 	mu       sync.Mutex
 	stats    RestoreStats
@@ -157,7 +193,12 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 	if opts.Workers <= 0 {
 		opts.Workers = max(4, 2*cores)
 	}
-	r := &restorer{store: store, opts: opts, links: map[[2]uint64]string{}, batchFiles: batchFilesFor(opts.Workers)}
+	// Three windows at most: one written, one waiting, one being filled.
+	inFlight := filesInFlight()
+	maxFiles := max(1, inFlight/3)
+	r := &restorer{store: store, opts: opts, links: map[[2]uint64]string{},
+		inFlight: semaphore.NewWeighted(int64(inFlight)), maxFiles: maxFiles,
+		winFiles: min(512, maxFiles), winBytes: 32 << 20}
 	var err error
 	if r.incl, err = ParsePatterns(opts.Include, false); err != nil {
 		return RestoreStats{}, err
@@ -177,21 +218,28 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 
 	start := time.Now()
 	stopProgress := r.startProgress(start)
-	r.jobs = make(chan []restoreJob)
+	// One window can be written while the walk fills the next and a third
+	// waits: the workers need not wait for the walk.
+	r.windows, r.requests = make(chan *window, 1), make(chan []need)
 	g, gctx := errgroup.WithContext(ctx)
 	for range opts.Workers {
-		g.Go(func() error { return r.worker(gctx) })
+		g.Go(func() error { r.worker(gctx); return nil })
 	}
+	g.Go(func() error { r.dispatch(gctx); return nil })
 	g.Go(func() error {
-		defer close(r.jobs)
+		defer close(r.windows)
 		root := &dirState{fd: r.target, path: ""}
 		if err := r.restoreDir(gctx, root, sn.Tree, r.incl.Empty()); err != nil {
-			r.dropBatch()
+			r.dropWindow()
 			return err
 		}
-		return r.sendBatch(gctx)
+		return r.sendWindow(gctx)
 	})
 	err = g.Wait()
+	if err == nil {
+		// Cancelled after the walk: files were abandoned, not written.
+		err = ctx.Err()
+	}
 	if err == nil {
 		err = r.makeLinks(ctx)
 	}
@@ -344,10 +392,9 @@ func (r *restorer) makeLinks(ctx context.Context) error {
 				r.count(func(s *RestoreStats) { s.Files++ })
 				continue
 			}
-			var dup int
-			if dup, err = unix.Dup(dfd); err == nil {
-				job := []restoreJob{{dirfd: dup, name: l.name, fd: -1, path: l.path, node: l.node}}
-				if _, _, err = r.writeBatch(ctx, job, nil, nil); err != nil {
+			var f *restoreFile
+			if f, err = r.newFile(dfd, l.name, l.path, l.node); err == nil {
+				if err := r.writeNow(ctx, f); err != nil {
 					return err
 				}
 				continue
@@ -517,20 +564,7 @@ func (r *restorer) restoreEntry(ctx context.Context, d *dirState, dfd int, path 
 			}
 			r.links[key] = strings.TrimPrefix(path, "/")
 		}
-		if n.Size > batchBytes && len(n.Content) > 1 {
-			return r.sendParts(ctx, dfd, name, path, n)
-		}
-		// Creating a file waits on the journal: the workers do it, in parallel.
-		dup, err := unix.Dup(dfd)
-		if err != nil {
-			return err
-		}
-		r.batch = append(r.batch, restoreJob{dirfd: dup, name: name, fd: -1, path: path, node: n})
-		r.batchBytes += n.Size
-		if len(r.batch) >= r.batchFiles || r.batchBytes >= batchBytes {
-			return r.sendBatch(ctx)
-		}
-		return nil
+		return r.queueFile(ctx, dfd, name, path, n)
 	case TypeSymlink:
 		if err := unix.Symlinkat(string(n.Link), dfd, name); err != nil {
 			return fmt.Errorf("symlink: %w", err)
@@ -583,77 +617,37 @@ func (r *restorer) linkTo(first string, dfd int, name string) error {
 	return unix.Linkat(fd, els[len(els)-1], dfd, name, 0)
 }
 
-// A batch is a run of files in tree order. Each of a backup's walkers fills
-// packs of its own, in tree order, so a batch's blobs lie in few packs, close
-// together: a worker reads each such stretch once rather than one blob at a
-// time. Content shared with files elsewhere is read where it was stored. The
-// larger the batch, the fewer the reads (a request each from S3): 512 files
-// and 32 MiB read the speed benchmark's tree in 1,402 requests, 128 and 8 MiB
-// in 2,508.
 const (
-	batchBytes = 32 << 20 // content bytes in one batch
-	spanMax    = 2 << 20  // bytes read from a pack at once (a larger blob is read whole)
-	spanGap    = 64 << 10 // unneeded bytes worth reading through rather than seeking past
+	spanMax     = 2 << 20  // bytes read into memory at once (a larger blob is read whole)
+	spanGap     = 64 << 10 // unneeded bytes worth reading into a span rather than skipping
+	readGap     = 1 << 20  // unneeded bytes worth reading through rather than making another request
+	maxNeeds    = 1 << 17  // blobs in a window, whatever its files: the plan's memory
+	maxWinBytes = 1 << 32  // where a window's content limit stops doubling
 )
 
-// batchFilesFor is how many files a batch holds, within the limit on open
-// descriptors: each file of a batch holds two (its own and its directory's)
-// until a worker is done with it, and workers+2 batches are open at once (one
-// per worker, one handed over, one being filled). Half the limit is left for
-// the rest.
-func batchFilesFor(workers int) int {
+// filesInFlight is how many files may be queued and not finished at once,
+// within the limit on open descriptors: each holds two (its own and its
+// directory's). Half the limit is left for the rest.
+func filesInFlight() int {
 	limit := uint64(1024)
 	var rl unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
 		limit = rl.Cur
 	}
-	n := limit / 2 / uint64(2*(workers+2))
-	return int(min(max(n, 4), 512))
+	return int(min(max(limit/4, 4), 1<<16))
 }
 
-// sendParts creates a file larger than a batch and queues its content in
-// parts of about a batch each.
-func (r *restorer) sendParts(ctx context.Context, dfd int, name, path string, n *Node) error {
+// newFile looks up n's content and readies a file of it in directory dfd.
+func (r *restorer) newFile(dfd int, name, path string, n *Node) (*restoreFile, error) {
 	blobs, err := r.lookup(n)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dup, err := unix.Dup(dfd)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	fd, err := createAt(dup, name)
-	if err != nil {
-		unix.Close(dup)
-		return err
-	}
-	f := &bigFile{job: restoreJob{dirfd: dup, name: name, fd: fd, path: path, node: n}, blobs: blobs}
-	if r.prealloc && !n.Sparse {
-		if err := preallocate(fd, int64(n.Size)); err != nil {
-			closeJobs([]restoreJob{f.job}, true)
-			return err
-		}
-	}
-	var parts []*filePart
-	for first, off := 0, int64(0); first < len(blobs); {
-		k, partSize := first, 0
-		for k < len(blobs) && (k == first || partSize+int(blobs[k].RawLength) <= batchBytes) {
-			partSize += int(blobs[k].RawLength)
-			k++
-		}
-		parts = append(parts, &filePart{file: f, first: first, n: k - first, off: off})
-		first, off = k, off+int64(partSize)
-	}
-	f.left = len(parts)
-	// Each part ends a batch, so that the workers share the file.
-	for i, p := range parts {
-		r.batch = append(r.batch, restoreJob{dirfd: -1, name: name, fd: fd, path: path, node: n, part: p})
-		if err := r.sendBatch(ctx); err != nil {
-			f.abandon(len(parts) - i - 1) // never queued
-			return err
-		}
-	}
-	return nil
+	return &restoreFile{dirfd: dup, name: name, path: path, node: n, blobs: blobs, fd: -1, left: len(blobs)}, nil
 }
 
 // lookup returns the index entries of n's content, checked against its size.
@@ -674,74 +668,148 @@ func (r *restorer) lookup(n *Node) ([]repo.PackedBlob, error) {
 	return blobs, nil
 }
 
-// sendBatch hands the files created so far to a worker.
-func (r *restorer) sendBatch(ctx context.Context) error {
-	if len(r.batch) == 0 {
+// needs appends the blobs of f to ns.
+func (f *restoreFile) needs(ns []need) []need {
+	var off int64
+	for i, b := range f.blobs {
+		ns = append(ns, need{file: f, i: i, off: off})
+		off += int64(b.RawLength)
+	}
+	return ns
+}
+
+// queueFile adds a regular file to the window, sending the window on when it
+// is full.
+func (r *restorer) queueFile(ctx context.Context, dfd int, name, path string, n *Node) error {
+	if r.win == nil {
+		// Wait for files of earlier windows to finish.
+		if err := r.inFlight.Acquire(ctx, int64(r.winFiles)); err != nil {
+			return err
+		}
+		r.win, r.reserved = &window{}, r.winFiles
+	}
+	f, err := r.newFile(dfd, name, path, n)
+	if err != nil {
+		return err
+	}
+	if len(f.blobs) == 0 {
+		// Written at once, so it holds its descriptors only here.
+		_, f.err = f.create(false)
+		r.finish(f)
 		return nil
 	}
-	b := r.batch
-	r.batch, r.batchBytes = nil, 0
+	f.slot = true
+	r.reserved--
+	w := r.win
+	w.needs = f.needs(w.needs)
+	w.files++
+	w.bytes += n.Size
+	if r.reserved == 0 || w.bytes >= r.winBytes || len(w.needs) >= maxNeeds {
+		return r.sendWindow(ctx)
+	}
+	return nil
+}
+
+// release gives back the unused part of the window's reservation.
+func (r *restorer) release() {
+	r.inFlight.Release(int64(r.reserved))
+	r.reserved = 0
+}
+
+// sendWindow hands the window to the dispatcher. Windows start small, so
+// that the workers start early, and double up to maxFiles.
+func (r *restorer) sendWindow(ctx context.Context) error {
+	w := r.win
+	if w == nil {
+		return nil
+	}
+	r.win = nil
+	r.release()
 	select {
-	case r.jobs <- b:
+	case r.windows <- w:
+		r.winFiles, r.winBytes = min(2*r.winFiles, r.maxFiles), min(2*r.winBytes, maxWinBytes)
 		return nil
 	case <-ctx.Done():
-		closeJobs(b, true)
+		r.abandon(w.needs)
 		return ctx.Err()
 	}
 }
 
-// dropBatch removes the files of a batch that will never be written.
-func (r *restorer) dropBatch() {
-	closeJobs(r.batch, true)
-	r.batch, r.batchBytes = nil, 0
+// dropWindow gives up the files of the window being filled.
+func (r *restorer) dropWindow() {
+	if r.win != nil {
+		r.release()
+		r.abandon(r.win.needs)
+		r.win = nil
+	}
 }
 
-// closeJobs releases the descriptors of jobs, removing the files they
-// created when remove is set. A part is abandoned: its file is removed once
-// no other part is in progress.
-func closeJobs(jobs []restoreJob, remove bool) {
-	for _, j := range jobs {
-		if j.part != nil {
-			j.part.file.abandon(1)
+// dispatch sorts each window's needs by pack and offset and hands them to
+// the workers a request at a time.
+func (r *restorer) dispatch(ctx context.Context) {
+	defer close(r.requests)
+	for w := range r.windows {
+		sortNeeds(w.needs)
+		for i := 0; i < len(w.needs); {
+			j := requestEnd(w.needs, i)
+			select {
+			case r.requests <- w.needs[i:j]:
+				i = j
+			case <-ctx.Done():
+				r.abandon(w.needs[i:])
+				for w := range r.windows {
+					r.abandon(w.needs)
+				}
+				return
+			}
+		}
+	}
+}
+
+func sortNeeds(ns []need) {
+	slices.SortFunc(ns, func(a, b need) int {
+		pa, pb := a.blob(), b.blob()
+		if c := bytes.Compare(pa.Pack[:], pb.Pack[:]); c != 0 {
+			return c
+		}
+		return cmp.Compare(pa.Offset, pb.Offset)
+	})
+}
+
+// requestEnd returns the end of the request starting at ns[i]: the needs of
+// one pack, sorted, up to a gap of more than readGap.
+func requestEnd(ns []need, i int) int {
+	first := ns[i].blob()
+	end := int64(first.Offset) + int64(first.Length)
+	j := i + 1
+	for ; j < len(ns); j++ {
+		b := ns[j].blob()
+		if b.Pack != first.Pack || int64(b.Offset) > end+readGap {
+			break
+		}
+		end = max(end, int64(b.Offset)+int64(b.Length))
+	}
+	return j
+}
+
+// abandon counts needs as never to be written.
+func (r *restorer) abandon(ns []need) {
+	for i := range ns {
+		if ns[i].file.done(errAbandoned) {
+			r.finish(ns[i].file)
+		}
+	}
+}
+
+// worker reads requests until there are none; cancelled, it abandons them.
+func (r *restorer) worker(ctx context.Context) {
+	var span, plain []byte
+	for ns := range r.requests {
+		if ctx.Err() != nil {
+			r.abandon(ns)
 			continue
 		}
-		if j.fd >= 0 {
-			if remove {
-				_ = unix.Unlinkat(j.dirfd, j.name, 0)
-			}
-			unix.Close(j.fd)
-		}
-		unix.Close(j.dirfd)
-	}
-}
-
-// createAt makes a new, empty file, never through a symlink.
-func createAt(dirfd int, name string) (int, error) {
-	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return -1, fmt.Errorf("create: %w", err)
-	}
-	return fd, nil
-}
-
-// need is one blob of one file: where it is stored and where it goes.
-type need struct {
-	blob repo.PackedBlob
-	job  int   // index in the batch
-	off  int64 // offset in the file
-}
-
-func (r *restorer) worker(ctx context.Context) error {
-	var span, plain []byte
-	for batch := range r.jobs {
-		var err error
-		if span, plain, err = r.writeBatch(ctx, batch, span, plain); err != nil {
-			// Cancelled: the remaining batches only need their files removed.
-			for b := range r.jobs {
-				closeJobs(b, true)
-			}
-			return err
-		}
+		span, plain = r.read(ctx, ns, span, plain)
 		// A blob can be 8 MiB: buffers grown for one are not kept by every
 		// worker for the rest of the restore.
 		if cap(span) > spanMax {
@@ -751,7 +819,6 @@ func (r *restorer) worker(ctx context.Context) error {
 			plain = nil
 		}
 	}
-	return nil
 }
 
 // room returns buf, or a new buffer if buf cannot hold n bytes: of spanMax
@@ -764,158 +831,180 @@ func room(buf []byte, n int) []byte {
 	return make([]byte, 0, max(n, spanMax))
 }
 
-// writeBatch writes the content of a batch's files, reading the packs in
-// order, then finishes each file. Only a cancellation is returned; a file
-// that fails is reported and removed.
-func (r *restorer) writeBatch(ctx context.Context, batch []restoreJob, span, plain []byte) ([]byte, []byte, error) {
-	failed := make([]error, len(batch))
-	blobs := make([][]repo.PackedBlob, len(batch)) // of whole files
-	var needs []need
-	for i := range batch {
-		job := &batch[i]
-		if job.fd < 0 {
-			if job.fd, failed[i] = createAt(job.dirfd, job.name); failed[i] != nil {
-				continue
-			}
-		}
-		content, off := []repo.PackedBlob(nil), int64(0)
-		if p := job.part; p != nil {
-			// sendParts looked the blobs up and reserved the space.
-			content, off = p.file.blobs[p.first:p.first+p.n], p.off
-		} else {
-			if blobs[i], failed[i] = r.lookup(job.node); failed[i] != nil {
-				continue
-			}
-			content = blobs[i]
-			if r.prealloc && len(content) > 1 && !job.node.Sparse {
-				failed[i] = preallocate(job.fd, int64(job.node.Size))
-			}
-		}
-		for _, e := range content {
-			needs = append(needs, need{blob: e, job: i, off: off})
-			off += int64(e.RawLength)
-		}
-	}
-	slices.SortFunc(needs, func(a, b need) int {
-		if c := bytes.Compare(a.blob.Pack[:], b.blob.Pack[:]); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.blob.Offset, b.blob.Offset)
-	})
+// read makes one request for the needs ns of one pack, sorted by offset,
+// and writes each blob wherever it goes; then it counts them done, which
+// finishes the files whose last blob they were. It returns its buffers for
+// the next call.
+func (r *restorer) read(ctx context.Context, ns []need, span, plain []byte) ([]byte, []byte) {
+	first, last := ns[0].blob(), ns[len(ns)-1].blob()
+	start := int64(first.Offset)
+	length := int64(last.Offset) + int64(last.Length) - start
+	errs := make([]error, len(ns))
+	var written int64
 	be, key := r.store.Repo().Backend(), r.store.Repo().Key()
-	for i := 0; i < len(needs); {
-		if err := ctx.Err(); err != nil {
-			closeJobs(batch, true)
-			return span, plain, err
-		}
-		// A stretch of one pack: blobs close together, up to spanMax.
-		first := needs[i].blob
-		start, end := int64(first.Offset), int64(first.Offset)+int64(first.Length)
-		j := i + 1
-		for ; j < len(needs); j++ {
-			e := needs[j].blob
-			eEnd := int64(e.Offset) + int64(e.Length)
-			if e.Pack != first.Pack || int64(e.Offset) > end+spanGap || max(end, eEnd)-start > spanMax {
-				break
+	h := repo.Handle{Type: repo.PackFile, Name: first.Pack.String()}
+	// A retried request calls this again from the start: writing the same
+	// bytes at the same offsets again is harmless.
+	err := be.Load(ctx, h, start, length, func(rd io.Reader) error {
+		written = 0
+		pos := start
+		for i := 0; i < len(ns); {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			end = max(end, eEnd)
+			// A span: blobs close together, up to spanMax, read at once.
+			b := ns[i].blob()
+			s, e := int64(b.Offset), int64(b.Offset)+int64(b.Length)
+			j := i + 1
+			for ; j < len(ns); j++ {
+				b := ns[j].blob()
+				bEnd := int64(b.Offset) + int64(b.Length)
+				if int64(b.Offset) > e+spanGap || max(e, bEnd)-s > spanMax {
+					break
+				}
+				e = max(e, bEnd)
+			}
+			for pos < s { // a gap: read through
+				span = room(span, int(min(s-pos, spanMax)))
+				n, err := io.ReadFull(rd, span[:min(s-pos, int64(cap(span)))])
+				if err != nil {
+					return err
+				}
+				pos += int64(n)
+			}
+			span = room(span, int(e-s))[:e-s]
+			if _, err := io.ReadFull(rd, span); err != nil {
+				return err
+			}
+			pos = e
+			var openErr error
+			for k := i; k < j; k++ {
+				nd := &ns[k]
+				// Blobs are decrypted in place, so a blob is opened once: the
+				// same blob again (in another file, or twice in one) comes
+				// right after it, sorted, and shares its result.
+				if k == i || nd.blob().ID != ns[k-1].blob().ID {
+					b := nd.blob()
+					rel := int64(b.Offset) - s
+					plain = room(plain, int(b.RawLength))
+					var p []byte
+					if p, openErr = pack.OpenBlobInPlace(key, *b, span[rel:rel+int64(b.Length)], plain); openErr == nil {
+						plain = p
+					}
+				}
+				fd, err := nd.file.create(r.prealloc)
+				if err == nil {
+					err = openErr
+				}
+				if err == nil {
+					err = writeAt(fd, plain, nd.off, nd.file.node.Sparse)
+				}
+				errs[k] = err
+				if err == nil {
+					written += int64(len(plain))
+				}
+			}
+			i = j
 		}
-		h := repo.Handle{Type: repo.PackFile, Name: first.Pack.String()}
-		span = room(span, int(end-start))
-		var err error
-		span, err = repo.ReadAt(ctx, be, h, start, int(end-start), span)
-		if err != nil {
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			err = errAbandoned
+		} else {
 			err = fmt.Errorf("read pack %s: %w", first.Pack.Short(), err)
 		}
-		var last repo.ID
-		var openErr error
-		haveLast := false
-		for _, nd := range needs[i:j] {
-			if failed[nd.job] != nil {
-				continue
-			}
-			if err != nil {
-				failed[nd.job] = err
-				continue
-			}
-			// Blobs are decrypted in place, so a blob is opened once: the
-			// same blob again (dedup within the batch) comes right after it,
-			// sorted, and shares its result.
-			if !haveLast || nd.blob.ID != last {
-				rel := int64(nd.blob.Offset) - start
-				var p []byte
-				plain = room(plain, int(nd.blob.RawLength))
-				if p, openErr = pack.OpenBlobInPlace(key, nd.blob, span[rel:rel+int64(nd.blob.Length)], plain); openErr == nil {
-					plain = p
-				}
-				last, haveLast = nd.blob.ID, true
-			}
-			if openErr != nil {
-				failed[nd.job] = openErr
-				continue
-			}
-			job := batch[nd.job]
-			if werr := writeAt(job.fd, plain, nd.off, job.node.Sparse); werr != nil {
-				failed[nd.job] = werr
-				continue
-			}
-			r.bytes.Add(int64(len(plain)))
-		}
-		i = j
-	}
-	for i, job := range batch {
-		if job.part == nil {
-			r.finish(job, blobs[i], failed[i])
-			continue
-		}
-		f := job.part.file
-		if last, err := f.done(1, failed[i]); last {
-			if errors.Is(err, errAbandoned) {
-				closeJobs([]restoreJob{f.job}, true)
-			} else {
-				r.finish(f.job, f.blobs, err)
-			}
+		for k := range errs {
+			errs[k] = err
 		}
 	}
-	return span, plain, nil
+	r.bytes.Add(written)
+	for k := range ns {
+		if ns[k].file.done(errs[k]) {
+			r.finish(ns[k].file)
+		}
+	}
+	return span, plain
 }
 
-// finish ends a file whose content was written, unless err says it failed:
-// it finishes the file, counts it and closes it, or reports and removes it.
-func (r *restorer) finish(job restoreJob, blobs []repo.PackedBlob, err error) {
-	if err == nil {
-		err = r.finishFile(job, blobs)
+// writeNow writes f's content and finishes it, without the workers.
+func (r *restorer) writeNow(ctx context.Context, f *restoreFile) error {
+	if len(f.blobs) == 0 {
+		_, f.err = f.create(false)
+		r.finish(f)
+		return nil
 	}
+	ns := f.needs(nil)
+	sortNeeds(ns)
+	var span, plain []byte
+	for i := 0; i < len(ns); {
+		j := requestEnd(ns, i)
+		if ctx.Err() != nil {
+			r.abandon(ns[i:])
+			return ctx.Err()
+		}
+		span, plain = r.read(ctx, ns[i:j], span, plain)
+		i = j
+	}
+	return ctx.Err()
+}
+
+// createAt makes a new, empty file, never through a symlink.
+func createAt(dirfd int, name string) (int, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		r.fail(job.path, err)
-	} else {
+		return -1, fmt.Errorf("create: %w", err)
+	}
+	return fd, nil
+}
+
+// finish ends a file whose blobs are all done: it sets its length and
+// metadata, counts it and closes it, or, if anything failed, reports and
+// removes it. Never leave a file with wrong or partial content behind.
+func (r *restorer) finish(f *restoreFile) {
+	err := f.err
+	if err == nil {
+		err = r.finishFile(f)
+	}
+	switch {
+	case err == nil:
 		r.files.Add(1)
 		r.count(func(s *RestoreStats) {
 			s.Files++
-			s.Bytes += int64(job.node.Size)
+			s.Bytes += int64(f.node.Size)
 		})
+	case !errors.Is(err, errAbandoned):
+		r.fail(f.path, err)
 	}
-	// Never leave a file with wrong or partial content behind.
-	closeJobs([]restoreJob{job}, err != nil)
+	if f.fd >= 0 {
+		if err != nil {
+			_ = unix.Unlinkat(f.dirfd, f.name, 0)
+		}
+		unix.Close(f.fd)
+	}
+	unix.Close(f.dirfd)
+	if f.slot {
+		r.inFlight.Release(1)
+	}
 }
 
 // finishFile sets a written file's length and metadata, after verifying its
 // content when asked.
-func (r *restorer) finishFile(job restoreJob, blobs []repo.PackedBlob) error {
+func (r *restorer) finishFile(f *restoreFile) error {
 	// Only a hole at the end leaves a new file short of its size.
-	if job.node.Sparse {
-		if err := unix.Ftruncate(job.fd, int64(job.node.Size)); err != nil {
+	if f.node.Sparse {
+		if err := unix.Ftruncate(f.fd, int64(f.node.Size)); err != nil {
 			return fmt.Errorf("truncate: %w", err)
 		}
 	}
 	if r.opts.Verify {
-		if err := r.verify(job, blobs); err != nil {
+		if err := r.verify(f); err != nil {
 			return err
 		}
 	}
 	// Through the descriptor, not the name: a chmod by name would follow a
 	// symlink put there since the file was created.
-	return applyMetaFd(job.fd, job.node)
+	return applyMetaFd(f.fd, f.node)
 }
 
 // preallocates reports whether files restored into dir get their blocks
@@ -985,15 +1074,15 @@ func pwriteAll(fd int, data []byte, off int64) error {
 }
 
 // verify re-reads the written file and checks every blob's id.
-func (r *restorer) verify(job restoreJob, blobs []repo.PackedBlob) error {
-	fd, err := unix.Openat(job.dirfd, job.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+func (r *restorer) verify(f *restoreFile) error {
+	fd, err := unix.Openat(f.dirfd, f.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
 	defer unix.Close(fd)
 	key := r.store.Repo().Key()
 	var off int64
-	for _, e := range blobs {
+	for _, e := range f.blobs {
 		buf := make([]byte, e.RawLength)
 		if _, err := unix.Pread(fd, buf, off); err != nil {
 			return fmt.Errorf("verify: %w", err)
