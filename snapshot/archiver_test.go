@@ -95,6 +95,28 @@ func subtreeOf(t *testing.T, store *pack.Store, root repo.ID, dir string) repo.I
 	return id
 }
 
+// restoreAndCompare restores sn into dst with verification and checks that
+// every file of src in files came back with its content.
+func restoreAndCompare(t *testing.T, store *pack.Store, sn *snapshot.Snapshot, dst, src string, files map[string][]byte) {
+	t.Helper()
+	st, err := snapshot.Restore(context.Background(), store, sn, snapshot.RestoreOptions{Target: dst, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Files != len(files) || st.Verified != len(files) {
+		t.Fatalf("restore stats %+v, want %d files verified", st, len(files))
+	}
+	for rel, want := range files {
+		got, err := os.ReadFile(filepath.Join(dst, src, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: restored content differs", rel)
+		}
+	}
+}
+
 func TestBackupRestoreRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	store := newStore(t)
@@ -113,22 +135,7 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 		t.Fatalf("snapshot not stored: %v", err)
 	}
 
-	st, err := snapshot.Restore(ctx, store, sn, snapshot.RestoreOptions{Target: dst, Verify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Files != len(files) || st.Verified != len(files) {
-		t.Fatalf("restore stats %+v, want %d files verified", st, len(files))
-	}
-	for rel, want := range files {
-		got, err := os.ReadFile(filepath.Join(dst, src, rel))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("%s: restored content differs", rel)
-		}
-	}
+	restoreAndCompare(t, store, sn, dst, src, files)
 
 	// Unchanged: nothing is read or added. The directories above src are in
 	// the shared temp dir, which other processes change: their trees may differ.
@@ -300,20 +307,7 @@ func TestRestoreReadsEachPackOnce(t *testing.T) {
 	counter.mu.Lock()
 	clear(counter.loads)
 	counter.mu.Unlock()
-	dst := t.TempDir()
-	st, err := snapshot.Restore(ctx, store, sn, snapshot.RestoreOptions{Target: dst, Verify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Files != len(files) || st.Verified != len(files) {
-		t.Fatalf("restore stats %+v, want %d files verified", st, len(files))
-	}
-	for name, want := range files {
-		got, err := os.ReadFile(filepath.Join(dst, src, name))
-		if err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("%s restored wrong (%v)", name, err)
-		}
-	}
+	restoreAndCompare(t, store, sn, t.TempDir(), src, files)
 	for p := range dataPacks {
 		if n := counter.loads[p]; n != 1 {
 			t.Errorf("data pack %s read %d times, want once", p[:8], n)
