@@ -892,12 +892,12 @@ func (r *restorer) read(ctx context.Context, ns []need, span, plain []byte) ([]b
 						plain = p
 					}
 				}
-				fd, err := nd.file.create(r.prealloc)
+				err := openErr
 				if err == nil {
-					err = openErr
-				}
-				if err == nil {
-					err = writeAt(fd, plain, nd.off, nd.file.node.Sparse)
+					var fd int
+					if fd, err = nd.file.create(r.prealloc); err == nil {
+						err = writeAt(fd, plain, nd.off, nd.file.node.Sparse)
+					}
 				}
 				errs[k] = err
 				if err == nil {
