@@ -373,8 +373,10 @@ func TestRestoreLargeFileInParts(t *testing.T) {
 		switch {
 		case err == nil && !bytes.Equal(got, big):
 			t.Fatalf("cancelled after %v: restore succeeded but the large file differs (%v)", d, rerr)
-		case err != nil && !errors.Is(rerr, os.ErrNotExist):
-			t.Fatalf("cancelled after %v (%v): the large file was left behind (read: %v)", d, err, rerr)
+		case rerr == nil && !bytes.Equal(got, big):
+			t.Fatalf("cancelled after %v (%v): a partial large file was left behind", d, err)
+		case rerr != nil && !errors.Is(rerr, os.ErrNotExist):
+			t.Fatalf("cancelled after %v (%v): read the large file: %v", d, err, rerr)
 		}
 	}
 
