@@ -146,7 +146,6 @@ func (n *need) blob() *repo.PackedBlob { return &n.file.blobs[n.i] }
 // 20,000), where batches of 512 files, each read by itself, took 1,588.
 type window struct {
 	needs []need
-	files int
 	bytes uint64
 }
 
@@ -702,7 +701,6 @@ func (r *restorer) queueFile(ctx context.Context, dfd int, name, path string, n 
 	r.reserved--
 	w := r.win
 	w.needs = f.needs(w.needs)
-	w.files++
 	w.bytes += n.Size
 	if r.reserved == 0 || w.bytes >= r.winBytes || len(w.needs) >= maxNeeds {
 		return r.sendWindow(ctx)
