@@ -693,9 +693,7 @@ func (r *restorer) queueFile(ctx context.Context, dfd int, name, path string, n 
 	}
 	if len(f.blobs) == 0 {
 		// Written at once, so it holds its descriptors only here.
-		_, f.err = f.create(false)
-		r.finish(f)
-		return nil
+		return r.writeNow(ctx, f)
 	}
 	f.slot = true
 	r.reserved--
