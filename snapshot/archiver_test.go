@@ -242,6 +242,28 @@ func (c *loadCounter) Load(ctx context.Context, h repo.Handle, offset, length in
 
 func (c *loadCounter) Unwrap() repo.Backend { return c.Backend }
 
+func newLoadCounter(be repo.Backend) *loadCounter {
+	return &loadCounter{Backend: be, loads: map[string]int{}}
+}
+
+// reset forgets the loads counted so far.
+func (c *loadCounter) reset() {
+	c.mu.Lock()
+	clear(c.loads)
+	c.mu.Unlock()
+}
+
+// total is the number of pack loads counted.
+func (c *loadCounter) total() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.loads {
+		n += k
+	}
+	return n
+}
+
 // A restore reads each pack once, not once per file or per blob: the
 // content of many files, of a file spread over several packs and of files
 // sharing blobs comes from one request per pack.
@@ -254,7 +276,7 @@ func TestRestoreReadsEachPackOnce(t *testing.T) {
 	if err := be.Create(); err != nil {
 		t.Fatal(err)
 	}
-	counter := &loadCounter{Backend: be, loads: map[string]int{}}
+	counter := newLoadCounter(be)
 	store := newStoreOn(t, counter)
 
 	src := t.TempDir()
@@ -304,9 +326,7 @@ func TestRestoreReadsEachPackOnce(t *testing.T) {
 		t.Fatalf("the content lies in %d pack; the test needs several", len(dataPacks))
 	}
 
-	counter.mu.Lock()
-	clear(counter.loads)
-	counter.mu.Unlock()
+	counter.reset()
 	restoreAndCompare(t, store, sn, t.TempDir(), src, files)
 	for p := range dataPacks {
 		if n := counter.loads[p]; n != 1 {

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,7 +282,7 @@ func checkRepository(t *testing.T, r *repo.Repo, cacheDir string, fx *pruneFixtu
 func TestUsedBlobs(t *testing.T) {
 	ctx := context.Background()
 	fx := newPruneFixture(t)
-	counter := &treeLoads{Backend: fx.be}
+	counter := newLoadCounter(fx.be)
 	r, err := repo.Open(ctx, counter, []byte("pw"))
 	if err != nil {
 		t.Fatal(err)
@@ -318,7 +317,7 @@ func TestUsedBlobs(t *testing.T) {
 			trees++
 		}
 	}
-	counter.n.Store(0)
+	counter.reset()
 	used, err := snapshot.UsedBlobs(ctx, store, fx.snaps)
 	if err != nil {
 		t.Fatal(err)
@@ -333,7 +332,7 @@ func TestUsedBlobs(t *testing.T) {
 	}
 	// Trees shared by snapshots (the directories that did not change) are
 	// read once.
-	if n := int(counter.n.Load()); n != trees {
+	if n := counter.total(); n != trees {
 		t.Fatalf("%d tree reads for %d distinct trees", n, trees)
 	}
 
@@ -345,19 +344,6 @@ func TestUsedBlobs(t *testing.T) {
 	if len(later) >= len(used) {
 		t.Fatalf("%d blobs used by the last two snapshots, %d by all", len(later), len(used))
 	}
-}
-
-// treeLoads counts the reads of packs.
-type treeLoads struct {
-	repo.Backend
-	n atomic.Int64
-}
-
-func (b *treeLoads) Load(ctx context.Context, h repo.Handle, off, n int64, fn func(io.Reader) error) error {
-	if h.Type == repo.PackFile {
-		b.n.Add(1)
-	}
-	return b.Backend.Load(ctx, h, off, n, fn)
 }
 
 func TestUsedBlobsMissing(t *testing.T) {
