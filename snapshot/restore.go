@@ -63,10 +63,43 @@ type dirState struct {
 	name   string
 	node   *Node // nil for the target itself
 	path   string
-	fd     int // -1 until opened
+	fd     int     // -1 until opened
+	ref    *dirRef // fd, shared with the files queued in it
 	// fresh: made by this restore, so no name in it is taken (nothing to
 	// look up before creating one)
 	fresh bool
+	// plainModes: files made in it get the mode asked for, less the umask
+	// (it is fresh and has no default ACL)
+	plainModes bool
+	// ownGroup: files made in it get the restorer's group (it is fresh, of
+	// that group and not set-group-ID)
+	ownGroup bool
+}
+
+// dirRef is an open directory shared by the walk and the files queued in
+// it: the last to let go closes it. The files of a directory need not each
+// hold a duplicate of its descriptor.
+type dirRef struct {
+	fd   int
+	refs atomic.Int32
+}
+
+// newDirRef returns a reference to fd held by its caller.
+func newDirRef(fd int) *dirRef {
+	d := &dirRef{fd: fd}
+	d.refs.Store(1)
+	return d
+}
+
+func (d *dirRef) hold() *dirRef {
+	d.refs.Add(1)
+	return d
+}
+
+func (d *dirRef) release() {
+	if d.refs.Add(-1) == 0 {
+		unix.Close(d.fd)
+	}
 }
 
 // restoreFile is a regular file of the snapshot: looked up and queued by
@@ -74,12 +107,14 @@ type dirState struct {
 // waits on the journal, so the workers do it in parallel), written by any
 // number of workers at once and finished by the last.
 type restoreFile struct {
-	dirfd int // a duplicate of its directory's descriptor, owned by the file
+	dir   *dirRef // held until it is finished
 	name  string
 	path  string
 	node  *Node
 	blobs []repo.PackedBlob // its content, from the index
 	slot  bool              // holds one unit of restorer.inFlight
+	mode  uint32            // to create it with
+	has   created           // what of its metadata it has once created
 
 	mu   sync.Mutex
 	fd   int   // -1 until created
@@ -102,7 +137,7 @@ func (f *restoreFile) create(prealloc bool) (int, error) {
 	if f.fd >= 0 {
 		return f.fd, nil
 	}
-	fd, err := createAt(f.dirfd, f.name)
+	fd, err := createAt(f.dir.fd, f.name, f.mode)
 	if err == nil && prealloc && len(f.blobs) > 1 && !f.node.Sparse {
 		f.fd = fd // removed by finish
 		err = preallocate(fd, int64(f.node.Size))
@@ -174,6 +209,7 @@ type restorer struct {
 	files    atomic.Int64
 	target   int
 	prealloc bool // reserve the blocks of files of several blobs (preallocates)
+	umask    int  // the process's, or -1 if unknown
 }
 
 // Restore writes the snapshot's tree under opts.Target. It never writes
@@ -214,6 +250,7 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 	}
 	defer unix.Close(r.target)
 	r.prealloc = preallocates(r.target)
+	r.umask = processUmask()
 
 	start := time.Now()
 	stopProgress := r.startProgress(start)
@@ -227,7 +264,8 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 	g.Go(func() error { r.dispatch(gctx); return nil })
 	g.Go(func() error {
 		defer close(r.windows)
-		root := &dirState{fd: r.target, path: ""}
+		// The walk never lets go of the target, which is closed below.
+		root := &dirState{fd: r.target, ref: newDirRef(r.target), path: ""}
 		if err := r.restoreDir(gctx, root, sn.Tree, r.incl.Empty()); err != nil {
 			r.dropWindow()
 			return err
@@ -392,7 +430,8 @@ func (r *restorer) makeLinks(ctx context.Context) error {
 				continue
 			}
 			var f *restoreFile
-			if f, err = r.newFile(dfd, l.name, l.path, l.node); err == nil {
+			// The chain's own reference keeps dfd the chain's to close.
+			if f, err = r.newFile(l.dir, newDirRef(dfd), l.name, l.path, l.node); err == nil {
 				if err := r.writeNow(ctx, f); err != nil {
 					return err
 				}
@@ -443,7 +482,12 @@ func (r *restorer) open(d *dirState) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("open directory: %w", err)
 	}
-	d.fd = fd
+	d.fd, d.ref = fd, newDirRef(fd)
+	if d.fresh {
+		d.plainModes = !hasDefaultACL(fd)
+		var st unix.Stat_t
+		d.ownGroup = isRoot && unix.Fstat(fd, &st) == nil && st.Gid == egid && st.Mode&unix.S_ISGID == 0
+	}
 	return fd, nil
 }
 
@@ -485,8 +529,8 @@ func (r *restorer) restoreDir(ctx context.Context, d *dirState, id repo.ID, all 
 			}
 			if c.fd >= 0 {
 				r.dirsDone = append(r.dirsDone, c)
-				unix.Close(c.fd)
-				c.fd = -1
+				c.ref.release()
+				c.fd, c.ref = -1, nil
 			}
 			continue
 		}
@@ -563,7 +607,7 @@ func (r *restorer) restoreEntry(ctx context.Context, d *dirState, dfd int, path 
 			}
 			r.links[key] = strings.TrimPrefix(path, "/")
 		}
-		return r.queueFile(ctx, dfd, name, path, n)
+		return r.queueFile(ctx, d, name, path, n)
 	case TypeSymlink:
 		if err := unix.Symlinkat(string(n.Link), dfd, name); err != nil {
 			return fmt.Errorf("symlink: %w", err)
@@ -625,8 +669,9 @@ const (
 )
 
 // filesInFlight is how many files may be queued and not finished at once,
-// within the limit on open descriptors: each holds two (its own and its
-// directory's). Half the limit is left for the rest.
+// within the limit on open descriptors: each holds two at most (its own
+// and its directory's, shared with the directory's other files). Half the
+// limit is left for the rest.
 func filesInFlight() int {
 	limit := uint64(1024)
 	var rl unix.Rlimit
@@ -636,17 +681,32 @@ func filesInFlight() int {
 	return int(min(max(limit/4, 4), 1<<16))
 }
 
-// newFile looks up n's content and readies a file of it in directory dfd.
-func (r *restorer) newFile(dfd int, name, path string, n *Node) (*restoreFile, error) {
+// newFile looks up n's content and readies a file of it in d, open as dir.
+func (r *restorer) newFile(d *dirState, dir *dirRef, name, path string, n *Node) (*restoreFile, error) {
 	blobs, err := r.lookup(n)
 	if err != nil {
 		return nil, err
 	}
-	dup, err := unix.Dup(dfd)
-	if err != nil {
-		return nil, err
+	f := &restoreFile{dir: dir.hold(), name: name, path: path, node: n, blobs: blobs, fd: -1, left: len(blobs)}
+	f.mode, f.has = r.creation(d, n)
+	return f, nil
+}
+
+// creation returns the mode to create n's file with in d and what of n's
+// metadata the new file has from that alone. A file is made with its own
+// permissions when the umask keeps them, or else (and when it has
+// set-ID bits, which chown clears) with 0600 and chmod after the chown.
+// With --verify it is read back by name before its mode is set.
+func (r *restorer) creation(d *dirState, n *Node) (uint32, created) {
+	// Root's new file is root's, of the directory's group if that is
+	// set-group-ID (or the file system says so) and root's group otherwise.
+	has := created{owner: isRoot && d.ownGroup && n.UID == 0 && n.GID == egid}
+	perm := n.Mode & 0o7777
+	if r.opts.Verify || !d.plainModes || r.umask < 0 || perm&^0o777 != 0 || perm&^uint32(r.umask) != perm {
+		return 0o600, has
 	}
-	return &restoreFile{dirfd: dup, name: name, path: path, node: n, blobs: blobs, fd: -1, left: len(blobs)}, nil
+	has.mode = true
+	return perm, has
 }
 
 // lookup returns the index entries of n's content, checked against its size.
@@ -679,7 +739,7 @@ func (f *restoreFile) needs(ns []need) []need {
 
 // queueFile adds a regular file to the window, sending the window on when it
 // is full.
-func (r *restorer) queueFile(ctx context.Context, dfd int, name, path string, n *Node) error {
+func (r *restorer) queueFile(ctx context.Context, d *dirState, name, path string, n *Node) error {
 	if r.win == nil {
 		// Wait for files of earlier windows to finish.
 		if err := r.inFlight.Acquire(ctx, int64(r.winFiles)); err != nil {
@@ -687,7 +747,7 @@ func (r *restorer) queueFile(ctx context.Context, dfd int, name, path string, n 
 		}
 		r.win, r.reserved = &window{}, r.winFiles
 	}
-	f, err := r.newFile(dfd, name, path, n)
+	f, err := r.newFile(d, d.ref, name, path, n)
 	if err != nil {
 		return err
 	}
@@ -946,8 +1006,8 @@ func (r *restorer) writeNow(ctx context.Context, f *restoreFile) error {
 }
 
 // createAt makes a new, empty file, never through a symlink.
-func createAt(dirfd int, name string) (int, error) {
-	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+func createAt(dirfd int, name string, mode uint32) (int, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return -1, fmt.Errorf("create: %w", err)
 	}
@@ -974,11 +1034,11 @@ func (r *restorer) finish(f *restoreFile) {
 	}
 	if f.fd >= 0 {
 		if err != nil {
-			_ = unix.Unlinkat(f.dirfd, f.name, 0)
+			_ = unix.Unlinkat(f.dir.fd, f.name, 0)
 		}
 		unix.Close(f.fd)
 	}
-	unix.Close(f.dirfd)
+	f.dir.release()
 	if f.slot {
 		r.inFlight.Release(1)
 	}
@@ -1000,7 +1060,7 @@ func (r *restorer) finishFile(f *restoreFile) error {
 	}
 	// Through the descriptor, not the name: a chmod by name would follow a
 	// symlink put there since the file was created.
-	return applyMetaFd(f.fd, f.node)
+	return applyMetaFd(f.fd, f.node, f.has)
 }
 
 // preallocates reports whether files restored into dir get their blocks
@@ -1071,7 +1131,7 @@ func pwriteAll(fd int, data []byte, off int64) error {
 
 // verify re-reads the written file and checks every blob's id.
 func (r *restorer) verify(f *restoreFile) error {
-	fd, err := unix.Openat(f.dirfd, f.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(f.dir.fd, f.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}

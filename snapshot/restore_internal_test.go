@@ -80,7 +80,7 @@ func TestMetaNeverFollowsReplacedName(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &Node{Name: Name("restored"), Type: TypeFile, Mode: 0o4711, UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
-	if err := applyMetaFd(fd, n); err != nil {
+	if err := applyMetaFd(fd, n, created{}); err != nil {
 		t.Fatal(err)
 	}
 	var st unix.Stat_t
