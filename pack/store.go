@@ -347,10 +347,9 @@ func (s *Store) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID, buf [
 // whole pack first when there is none: tree packs are small, and the next
 // directory's tree is usually in the same one.
 func (s *Store) loadCached(ctx context.Context, c *repo.FileCache, h repo.Handle, e repo.PackedBlob, buf []byte) ([]byte, error) {
-	if f, ok := c.Open(h); ok {
-		defer f.Close()
-		sealed := make([]byte, e.Length)
-		if _, err := f.ReadAt(sealed, int64(e.Offset)); err != nil {
+	sealed := make([]byte, e.Length)
+	if ok, err := c.ReadAt(h, sealed, int64(e.Offset)); ok {
+		if err != nil {
 			c.Remove(h)
 			return nil, err
 		}
