@@ -285,13 +285,8 @@ func Restore(ctx context.Context, store *pack.Store, sn *Snapshot, opts RestoreO
 		return r.stats, err
 	}
 	// Directory metadata last, deepest first: writing inside a directory
-	// changes its mtime, and a read-only mode would stop the writes.
-	for _, d := range r.dirsDone {
-		if d.fd >= 0 && d.fd != r.target {
-			unix.Close(d.fd)
-			d.fd = -1
-		}
-	}
+	// changes its mtime, and a read-only mode would stop the writes. The
+	// walk let go of every directory's descriptor when it left it.
 	r.applyDirMeta()
 	if r.stats.Errors > 0 {
 		return r.stats, fmt.Errorf("%d entries: %w", r.stats.Errors, ErrRestoreIncomplete)
@@ -694,15 +689,18 @@ func (r *restorer) newFile(d *dirState, dir *dirRef, name, path string, n *Node)
 
 // creation returns the mode to create n's file with in d and what of n's
 // metadata the new file has from that alone. A file is made with its own
-// permissions when the umask keeps them, or else (and when it has
-// set-ID bits, which chown clears) with 0600 and chmod after the chown.
-// With --verify it is read back by name before its mode is set.
+// permissions when it has its owner already and the umask keeps them;
+// otherwise with 0600, and chmod follows the chown: until then its content
+// is nobody else's to read, and chown would clear set-ID bits. With
+// --verify it is read back by name before its mode is set.
 func (r *restorer) creation(d *dirState, n *Node) (uint32, created) {
 	// Root's new file is root's, of the directory's group if that is
 	// set-group-ID (or the file system says so) and root's group otherwise.
+	// Without root, no owner is set.
 	has := created{owner: isRoot && d.ownGroup && n.UID == 0 && n.GID == egid}
 	perm := n.Mode & 0o7777
-	if r.opts.Verify || !d.plainModes || r.umask < 0 || perm&^0o777 != 0 || perm&^uint32(r.umask) != perm {
+	if (isRoot && !has.owner) || r.opts.Verify || !d.plainModes || r.umask < 0 ||
+		perm&^0o777 != 0 || perm&^uint32(r.umask) != perm {
 		return 0o600, has
 	}
 	has.mode = true

@@ -143,3 +143,36 @@ func TestPreallocateReservesTheFile(t *testing.T) {
 		t.Errorf("%d bytes reserved, want at least %d", st.Blocks*512, size)
 	}
 }
+
+// Root creates a file with its final permissions only when the file is
+// already its owner's: content meant for another owner or group is
+// readable by root alone until the chown, and set-ID bits wait for it.
+func TestCreationModeBeforeChown(t *testing.T) {
+	if !isRoot {
+		t.Skip("only root restores owners")
+	}
+	r := &restorer{umask: 0o022}
+	d := &dirState{plainModes: true, ownGroup: true}
+	for _, c := range []struct {
+		uid, gid   uint32
+		mode, want uint32
+		has        created
+	}{
+		{0, egid, 0o644, 0o644, created{owner: true, mode: true}},
+		{1000, egid, 0o644, 0o600, created{}},
+		{0, egid + 1, 0o640, 0o600, created{}},
+		{0, egid, 0o4755, 0o600, created{owner: true}},
+		{0, egid, 0o666, 0o600, created{owner: true}}, // the umask takes 022
+	} {
+		mode, has := r.creation(d, &Node{Type: TypeFile, Mode: c.mode, UID: c.uid, GID: c.gid})
+		if mode != c.want || has != c.has {
+			t.Errorf("%d:%d %o: created %o %+v, want %o %+v", c.uid, c.gid, c.mode, mode, has, c.want, c.has)
+		}
+	}
+	// A directory with a default ACL, or made before the restore: chmod after.
+	for _, d := range []*dirState{{plainModes: false, ownGroup: true}, {}} {
+		if mode, has := r.creation(d, &Node{Type: TypeFile, Mode: 0o644}); mode != 0o600 || has.mode {
+			t.Errorf("directory %+v: created %o %+v, want 0600 and a chmod", d, mode, has)
+		}
+	}
+}
