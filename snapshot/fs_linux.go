@@ -286,8 +286,8 @@ func chmodNoFollow(dirfd int, name string, mode uint32) error {
 }
 
 // created says what a file new from this restore already has of its
-// node's metadata: a restore of many small files spends a tenth of its
-// system time on chown and chmod calls that change nothing.
+// node's metadata: chown and chmod calls that change nothing took 3% of
+// the CPU of a restore of 65k small files.
 type created struct{ owner, mode bool }
 
 // applyMetaFd is applyMeta for an entry open as fd: whatever happens to its
