@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/cairn-backup/cairn/crypto"
@@ -347,13 +348,18 @@ func (s *Store) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID, buf [
 // whole pack first when there is none: tree packs are small, and the next
 // directory's tree is usually in the same one.
 func (s *Store) loadCached(ctx context.Context, c *repo.FileCache, h repo.Handle, e repo.PackedBlob, buf []byte) ([]byte, error) {
-	sealed := make([]byte, e.Length)
+	// A walk reads a tree per directory: the sealed bytes go to a pooled
+	// buffer, decrypted where they lie.
+	sealp := scratch.Get().(*[]byte)
+	defer scratch.Put(sealp)
+	sealed := slices.Grow((*sealp)[:0], int(e.Length))[:e.Length]
+	*sealp = sealed
 	if ok, err := c.ReadAt(h, sealed, int64(e.Offset)); ok {
 		if err != nil {
 			c.Remove(h)
 			return nil, err
 		}
-		plain, err := OpenBlob(s.key, e, sealed, buf)
+		plain, err := OpenBlobInPlace(s.key, e, sealed, buf)
 		if err != nil {
 			c.Remove(h)
 		}
