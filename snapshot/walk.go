@@ -6,17 +6,25 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/cairn-backup/cairn/pack"
 	"github.com/cairn-backup/cairn/repo"
 )
 
+// treeBufs hold trees' plaintext while they are decoded: a walk loads a
+// tree per directory, and DecodeTree copies what it keeps.
+var treeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // LoadTree reads and decodes tree blob id.
 func LoadTree(ctx context.Context, store *pack.Store, id repo.ID) (*Tree, error) {
-	b, err := store.LoadBlob(ctx, repo.TreeBlob, id, nil)
+	bp := treeBufs.Get().(*[]byte)
+	defer treeBufs.Put(bp)
+	b, err := store.LoadBlob(ctx, repo.TreeBlob, id, *bp)
 	if err != nil {
 		return nil, fmt.Errorf("load tree %s: %w", id.Short(), err)
 	}
+	*bp = b
 	t, err := DecodeTree(b)
 	if err != nil {
 		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
