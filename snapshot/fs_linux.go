@@ -237,7 +237,7 @@ func splitNul(b []byte) []string {
 
 var isRoot = os.Geteuid() == 0
 
-var egid = uint32(os.Getegid())
+var euid, egid = uint32(os.Geteuid()), uint32(os.Getegid())
 
 // applyMeta sets owner (when root), mode, xattrs and times of name in dirfd,
 // in the order that keeps each one: chown clears setuid bits, so chmod

@@ -69,10 +69,10 @@ type dirState struct {
 	// look up before creating one)
 	fresh bool
 	// plainModes: files made in it get the mode asked for, less the umask
-	// (it is fresh and has no default ACL)
+	// (it is fresh, as made, and has no default ACL)
 	plainModes bool
-	// ownGroup: files made in it get the restorer's group (it is fresh, of
-	// that group and not set-group-ID)
+	// ownGroup: files made in it get the restorer's group (it is fresh, as
+	// made, and of that group; as made, it is not set-group-ID)
 	ownGroup bool
 }
 
@@ -478,10 +478,13 @@ func (r *restorer) open(d *dirState) (int, error) {
 		return -1, fmt.Errorf("open directory: %w", err)
 	}
 	d.fd, d.ref = fd, newDirRef(fd)
-	if d.fresh {
-		d.plainModes = !hasDefaultACL(fd)
-		var st unix.Stat_t
-		d.ownGroup = isRoot && unix.Fstat(fd, &st) == nil && st.Gid == egid && st.Mode&unix.S_ISGID == 0
+	if d.fresh && unix.Fstat(fd, &st) == nil {
+		// A file system that maps owners (NFS with root_squash) or ignores
+		// modes (vfat) shows a directory other than the one asked for: its
+		// files get every call, and any refusal is reported.
+		asMade := st.Uid == euid && st.Mode&0o7777 == 0o700
+		d.plainModes = asMade && !hasDefaultACL(fd)
+		d.ownGroup = asMade && isRoot && st.Gid == egid
 	}
 	return fd, nil
 }

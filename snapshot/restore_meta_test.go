@@ -111,6 +111,19 @@ func TestRestoreModesAndOwners(t *testing.T) {
 	restore("umask 022", t.TempDir(), 0o022)
 	restore("umask 0", t.TempDir(), 0)
 
+	if root {
+		// New directories inherit a set-group-ID target's group and bit,
+		// and files made in them that group.
+		sgid := t.TempDir()
+		if err := os.Chown(sgid, 0, 4321); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(sgid, os.ModeSetgid|0o755); err != nil {
+			t.Fatal(err)
+		}
+		restore("set-group-ID target of another group", sgid, 0o022)
+	}
+
 	acl := t.TempDir()
 	if err := unix.Setxattr(acl, "system.posix_acl_default", defaultACL(), 0); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) {
