@@ -483,7 +483,9 @@ func (r *restorer) open(d *dirState) (int, error) {
 		// modes (vfat) shows a directory other than the one asked for: its
 		// files get every call, and any refusal is reported.
 		asMade := st.Uid == euid && st.Mode&0o7777 == 0o700
-		d.plainModes = asMade && !hasDefaultACL(fd)
+		// A new directory takes its parent's default ACL: below a
+		// directory without one, there is none to look for.
+		d.plainModes = asMade && (d.parent.plainModes || !hasDefaultACL(fd))
 		d.ownGroup = asMade && isRoot && st.Gid == egid
 	}
 	return fd, nil
@@ -700,7 +702,7 @@ func (r *restorer) creation(d *dirState, n *Node) (uint32, created) {
 	// Root's new file is root's, of the directory's group if that is
 	// set-group-ID (or the file system says so) and root's group otherwise.
 	// Without root, no owner is set.
-	has := created{owner: isRoot && d.ownGroup && n.UID == 0 && n.GID == egid}
+	has := created{owner: isRoot && d.ownGroup && n.UID == euid && n.GID == egid}
 	perm := n.Mode & 0o7777
 	if (isRoot && !has.owner) || r.opts.Verify || !d.plainModes || r.umask < 0 ||
 		perm&^0o777 != 0 || perm&^uint32(r.umask) != perm {
